@@ -1,0 +1,28 @@
+"""OCPI response envelope."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+_cache: list[Any] = [0, ""]
+
+
+def timestamp() -> str:
+    """Now, UTC, ``YYYY-MM-DDTHH:MM:SSZ`` (cached per second: this runs on every answer)."""
+    now = int(time.time())
+    if _cache[0] != now:
+        _cache[0] = now
+        _cache[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    return str(_cache[1])
+
+
+def envelope(http_status: int, status_code: int, message: str, data: Any = None,
+             headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"status_code": status_code, "status_message": message, "timestamp": timestamp()}
+    if data is not None:
+        body["data"] = data
+    return Response(orjson.dumps(body), status_code=http_status, media_type="application/json", headers=headers)

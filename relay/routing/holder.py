@@ -1,0 +1,67 @@
+"""The live forwarding config: swapped whole on reload, or not at all."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+from relay.errors import ConfigError
+from relay.log import secret_filter
+from relay.routing.config import RoutingConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+
+def config_secrets(cfg: RoutingConfig) -> list[str]:
+    """Every secret value of ``cfg`` (for the log redaction filter)."""
+    out: list[str] = []
+    for group in (cfg.subscriptions, cfg.stream_clients, cfg.pull):
+        out.extend(x.token.reveal() for x in group)
+    for t in cfg.targets:
+        out.extend(s.reveal() for s in (t.secret, t.token) if s is not None)
+    for r in cfg.rules:
+        out.extend(tr.key.reveal() for tr in r.transform if tr.key is not None)
+    return out
+
+
+class ConfigHolder:
+    """Holds the current RoutingConfig; ``reload`` validates a new file before swapping it in."""
+
+    def __init__(self, path: str, env: Mapping[str, str] | None = None) -> None:
+        self.path = path
+        self._env = env
+        self.current: RoutingConfig = load_config(path, env)
+        self._mtime = self._stat()
+        self._listeners: list[Callable[[RoutingConfig], None]] = []
+        secret_filter.set_secrets(config_secrets(self.current))
+
+    def __call__(self) -> RoutingConfig:
+        return self.current
+
+    def on_change(self, fn: Callable[[RoutingConfig], None]) -> None:
+        self._listeners.append(fn)
+
+    def _stat(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime
+        except OSError:
+            return None
+
+    def changed_on_disk(self) -> bool:
+        return self._stat() != self._mtime
+
+    def reload(self) -> bool:
+        """Load and validate the file again; keep the old config if the new one is bad."""
+        self._mtime = self._stat()
+        try:
+            new = load_config(self.path, self._env)
+        except ConfigError as err:
+            logger.error("config reload refused, keeping the previous config", extra={"problems": err.problems})
+            return False
+        self.current = new
+        secret_filter.set_secrets(config_secrets(new))
+        for fn in self._listeners:
+            fn(new)
+        logger.info("config reloaded", extra={"path": self.path})
+        return True

@@ -1,0 +1,130 @@
+"""run(): one process, one TaskGroup: HTTP receiver, gRPC stream, delivery workers, pull schedule.
+
+Each part is an async callable ``part(stop) -> None`` that serves until ``stop`` is set and then
+drains; the store is closed last, after its writer has committed everything queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+
+from relay.http.app import create_app
+from relay.routing.holder import ConfigHolder
+from relay.settings import Settings
+from relay.store import SqlStore, open_store
+
+logger = logging.getLogger(__name__)
+
+Part = Callable[[asyncio.Event], Awaitable[None]]
+
+
+class RunInfo:
+    """What a running relay tells its embedder (tests, bench): bound ports, readiness, the store."""
+
+    def __init__(self) -> None:
+        self.ports: dict[str, int] = {}
+        self.expected: set[str] = set()  # ports the parts will bind before the relay counts as ready
+        self.ready = asyncio.Event()
+        self.store: SqlStore | None = None
+        self.holder: ConfigHolder | None = None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``run`` owns SIGTERM/SIGINT for every part."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def http_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
+    info.expected.add("http")
+
+    async def serve(stop: asyncio.Event) -> None:
+        app = create_app(settings, store, holder)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=10, server_header=False)
+        server = _Server(config)
+        sock = bind(settings.http_host, settings.http_port)
+        info.ports["http"] = sock.getsockname()[1]
+        logger.info("http_listening", extra={"host": settings.http_host, "port": info.ports["http"]})
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        await stop.wait()
+        server.should_exit = True
+        await task
+
+    return serve
+
+
+async def _watch_config(holder: ConfigHolder, stop: asyncio.Event, interval: float = 2.0) -> None:
+    """Reload forwarding.yaml when the file changes (SIGHUP does the same at once)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if not stop.is_set() and holder.changed_on_disk():
+            holder.reload()
+
+
+async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
+              stop: asyncio.Event | None = None, info: RunInfo | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then drain every part and close the store."""
+    holder = ConfigHolder(settings.config)
+    store = open_store(settings.database_url, batch_max=settings.batch_max, pool_size=settings.db_pool_size,
+                       timeout=settings.db_timeout)
+    if settings.migrate:
+        await store.migrate()
+    await store.start()
+    info = info or RunInfo()
+    info.store, info.holder = store, holder
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, holder.reload)
+    parts: list[Part] = []
+    if settings.http:
+        parts.append(http_part(settings, store, holder, info))
+    parts.extend(optional_parts(settings, store, holder, info))
+    parts.extend(extra_parts or [])
+    logger.info("relay starting", extra={"database": settings.redacted_url(), "config": settings.config,
+                                         "parts": len(parts)})
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_watch_config(holder, stop))
+            for part in parts:
+                tg.create_task(part(stop))
+            tg.create_task(_announce_ready(info))
+    finally:
+        await store.close()
+        logger.info("relay stopped")
+
+
+async def _announce_ready(info: RunInfo) -> None:
+    while not info.expected <= info.ports.keys():
+        await asyncio.sleep(0.01)
+    info.ready.set()
+
+
+def optional_parts(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> list[Part]:
+    """gRPC stream, delivery workers and pull schedule (added as those packages land)."""
+    return []

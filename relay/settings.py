@@ -1,0 +1,130 @@
+"""Settings: one frozen, typed object built from RELAY_* env and command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.errors import ConfigError
+
+
+class Secret:
+    """A string that cannot print itself (repr and str are masked)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError([f"{name}: expected an integer, got {value!r}"]) from None
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError([f"{name}: expected a boolean, got {value!r}"])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `relay serve` needs besides forwarding.yaml. Env names are RELAY_<FIELD>."""
+
+    database_url: str = "sqlite:///relay.db"
+    config: str = "forwarding.yaml"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    base_path: str = ""
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    # group commit: how many requests one transaction may carry at most
+    batch_max: int = 512
+    db_pool_size: int = 10
+    db_timeout: float = 10.0
+    log_level: str = "INFO"
+    http: bool = True
+    grpc: bool = True
+    workers: bool = True
+    migrate: bool = True
+    delivery_concurrency: int = 16
+    instance: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then RELAY_* env, then explicit overrides (flags); validated."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f"RELAY_{f.name.upper()}"
+            if key not in env:
+                continue
+            raw = env[key]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if isinstance(default, bool):
+                values[f.name] = _bool(key, raw)
+            elif isinstance(default, int):
+                values[f.name] = _int(key, raw)
+            elif isinstance(default, float):
+                try:
+                    values[f.name] = float(raw)
+                except ValueError:
+                    raise ConfigError([f"{key}: expected a number, got {raw!r}"]) from None
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        problems = []
+        if self.base_path and (not self.base_path.startswith("/") or self.base_path.endswith("/")):
+            problems.append("RELAY_BASE_PATH: must start with '/' and not end with '/' (or be empty)")
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                problems.append(f"RELAY_{name.upper()}: {port} is not a port number")
+        if self.max_body_bytes < 1024:
+            problems.append("RELAY_MAX_BODY_BYTES: must be at least 1024")
+        if not self.database_url.startswith(("sqlite:", "postgresql:", "postgres:", "postgresql+asyncpg:")):
+            problems.append(f"RELAY_DATABASE_URL: unsupported database URL scheme in {self.redacted_url()!r}")
+        if problems:
+            raise ConfigError(problems)
+
+    def redacted_url(self) -> str:
+        """The database URL with any password masked, for logs and check-config."""
+        url = self.database_url
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            if ":" in creds:
+                user = creds.split(":", 1)[0]
+                return f"{scheme}://{user}:***@{host}"
+        return url

@@ -1,0 +1,35 @@
+"""Storage: the only package that speaks SQL. ``open_store`` picks the backend from the URL."""
+
+from __future__ import annotations
+
+from relay.store.base import Store
+from relay.store.sql import SqlStore
+
+
+def async_url(database_url: str) -> str:
+    """Map the documented URL forms to SQLAlchemy async driver URLs."""
+    url = database_url
+    if url.startswith("sqlite+aiosqlite:") or url.startswith("postgresql+asyncpg:"):
+        return url
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://"):]
+    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
+
+
+def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0) -> SqlStore:
+    """A store for ``database_url`` (not started: call ``await store.start()``)."""
+    url = async_url(database_url)
+    if url.startswith("sqlite"):
+        from relay.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url, batch_max=batch_max, pool_size=pool_size, timeout=timeout)
+    from relay.store.postgres import PostgresStore
+
+    return PostgresStore(url, batch_max=batch_max, pool_size=pool_size, timeout=timeout)
+
+
+__all__ = ["Store", "SqlStore", "async_url", "open_store"]

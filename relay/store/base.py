@@ -1,0 +1,255 @@
+"""The Store interface and the records it returns.
+
+Everything above ``relay.store`` talks to the database through these names only; rows never leave
+the package as driver or SQLModel objects (the way eventsourcing's recorders return ``Notification``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StateKey:
+    module: str
+    country_code: str
+    party_id: str
+    object_id: str
+
+    def as_str(self) -> str:
+        return f"{self.module}/{self.country_code}/{self.party_id}/{self.object_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    key: StateKey
+    object: dict[str, Any]
+    object_hash: str
+    last_updated: datetime | None
+    last_seq: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    seq: int
+    module: str
+    action: str
+    country_code: str
+    party_id: str
+    object_id: str
+    evse_uid: str | None
+    connector_id: str | None
+    last_updated: datetime | None
+    received_at: datetime
+    origin: str
+    subscription: str | None
+    request_id: str | None
+    status: str
+    body: str
+    object: str | None
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """An event an operation wants appended; the writer gives it its ``seq``."""
+
+    module: str
+    action: str
+    country_code: str
+    party_id: str
+    object_id: str
+    evse_uid: str | None
+    connector_id: str | None
+    last_updated: datetime | None
+    received_at: datetime
+    origin: str
+    subscription: str | None
+    request_id: str | None
+    status: str
+    body: str
+    body_hash: str
+    object: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    target: str
+    rule: str
+    object_key: str
+
+
+@dataclass(slots=True)
+class NewRejected:
+    received_at: datetime
+    subscription: str | None
+    origin: str
+    method: str
+    path: str
+    module: str | None
+    http_status: int
+    status_code: int
+    reason: str
+    body: bytes
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    id: int
+    received_at: datetime
+    subscription: str | None
+    origin: str
+    method: str
+    path: str
+    module: str | None
+    http_status: int
+    status_code: int
+    reason: str
+    body: bytes
+    request_id: str | None
+    replayed_at: datetime | None
+    replay_seq: int | None
+
+    def summary(self) -> dict[str, Any]:
+        """The documented JSON shape of a `relay rejected list --json` entry."""
+        return {
+            "id": self.id,
+            "received_at": self.received_at.isoformat().replace("+00:00", "Z"),
+            "subscription": self.subscription,
+            "method": self.method,
+            "path": self.path,
+            "module": self.module,
+            "http_status": self.http_status,
+            "status_code": self.status_code,
+            "reason": self.reason,
+            "replayed_at": self.replayed_at.isoformat().replace("+00:00", "Z") if self.replayed_at else None,
+        }
+
+
+@dataclass(slots=True)
+class StateWrite:
+    key: StateKey
+    object: dict[str, Any]
+    object_hash: str
+    last_updated: datetime | None
+    deleted: bool = False
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one operation decided, given the current states it asked for.
+
+    ``event`` is appended (and gets a seq), ``states`` are upserted with ``last_seq`` = that seq,
+    ``deliveries`` reference the event, ``rejected`` is kept, ``result`` goes back to the caller
+    (a callable receiving the assigned seq, or a plain value).
+    """
+
+    event: NewEvent | None = None
+    states: list[StateWrite] = field(default_factory=list)
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    rejected: NewRejected | None = None
+    result: Any = None
+    rejected_replay: tuple[int, datetime] | None = None  # (rejected id, replayed_at): mark it replayed
+    seq: int | None = None  # filled in by the writer when ``event`` is appended
+
+
+class Operation(Protocol):
+    """A unit of work for the group-commit writer: which states it reads and how it decides."""
+
+    @property
+    def reads(self) -> Sequence[StateKey]: ...
+
+    def plan(self, states: Mapping[StateKey, StoredState | None]) -> Plan: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    modules: frozenset[str] | None = None
+    cpos: tuple[tuple[str, str], ...] | None = None  # (cc, party) with "*" wildcards
+    object_ids: frozenset[str] | None = None
+
+
+class Store(abc.ABC):
+    """Durable storage of the relay; one implementation per database family."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and start the group-commit writer."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Drain queued operations, stop the writer and close connections."""
+
+    @abc.abstractmethod
+    async def submit(self, op: Operation) -> Plan:
+        """Queue ``op`` for the next group commit; returns its plan once it is durably committed."""
+
+    @abc.abstractmethod
+    async def get_state(self, key: StateKey) -> StoredState | None:
+        """Current state of one object (deleted ones included, flagged)."""
+
+    @abc.abstractmethod
+    async def find_states(self, module: str, object_id: str, *, case_insensitive: bool = False) -> list[StoredState]:
+        """All states of ``module`` with this id, under any CPO (CDR attribution, immutability)."""
+
+    @abc.abstractmethod
+    async def list_states(
+        self, module: str, cpos: Sequence[tuple[str, str]] | None, after: tuple[str, str, str] | None, limit: int
+    ) -> list[StoredState]:
+        """States ordered by (country_code, party_id, object_id), strictly after ``after``."""
+
+    @abc.abstractmethod
+    async def read_events(
+        self, after_seq: int, limit: int, flt: EventFilter | None = None, *, applied_only: bool = True
+    ) -> list[EventRecord]:
+        """Events with seq > ``after_seq`` in seq order, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def max_seq(self) -> int:
+        """Highest committed seq (0 when the log is empty)."""
+
+    @abc.abstractmethod
+    async def first_seq_since(self, since: datetime) -> int:
+        """The seq just before the first event received at or after ``since``."""
+
+    @abc.abstractmethod
+    async def wait_for_events(self, after_seq: int, timeout: float) -> int:
+        """Wait until an event with seq > ``after_seq`` may exist (or timeout); returns the last known seq."""
+
+    @abc.abstractmethod
+    async def get_cursor(self, name: str) -> int | None:
+        """Committed seq of a durable consumer."""
+
+    @abc.abstractmethod
+    async def commit_cursor(self, name: str, seq: int) -> None:
+        """Store a durable consumer's cursor (never moves backwards)."""
+
+    @abc.abstractmethod
+    async def list_rejected(self, limit: int = 1000, *, only_open: bool = False) -> list[RejectedRecord]:
+        """Refused requests, newest last."""
+
+    @abc.abstractmethod
+    async def get_rejected(self, rejected_id: int) -> RejectedRecord | None: ...
+
+    @abc.abstractmethod
+    async def update_rejected_reason(self, rejected_id: int, http_status: int, status_code: int, reason: str) -> None:
+        """A replay failed again: keep the record with the new reason."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the database answers."""
+
+    @abc.abstractmethod
+    async def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at."""
+
+    @abc.abstractmethod
+    async def stats(self) -> dict[str, Any]:
+        """Counts for `relay status`: events, last seq, unmatched, rejected, outbox per target, consumers."""

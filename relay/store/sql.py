@@ -1,0 +1,428 @@
+"""SqlStore: the Store on SQLAlchemy's async engine; dialect specifics live in sqlite.py / postgres.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, or_, select, text, tuple_, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from relay.errors import StoreError
+from relay.store import migrate
+from relay.store.base import (
+    EventFilter,
+    EventRecord,
+    Operation,
+    Plan,
+    RejectedRecord,
+    StateKey,
+    Store,
+    StoredState,
+)
+from relay.store.tables import CONSUMER, DELIVERY, EVENT, REJECTED, STATE
+from relay.store.writer import GroupCommitWriter
+
+logger = logging.getLogger(__name__)
+
+_KEY_COLS = (STATE.c.module, STATE.c.country_code, STATE.c.party_id, STATE.c.object_id)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def json_hash(text_value: str | bytes) -> str:
+    data = text_value.encode() if isinstance(text_value, str) else text_value
+    return hashlib.sha256(data).hexdigest()
+
+
+def _state(row: Row[Any]) -> StoredState:
+    m = row._mapping
+    return StoredState(
+        key=StateKey(m["module"], m["country_code"], m["party_id"], m["object_id"]),
+        object=orjson.loads(m["object"]),
+        object_hash=m["object_hash"],
+        last_updated=m["last_updated"],
+        last_seq=m["last_seq"],
+        deleted=bool(m["deleted"]),
+    )
+
+
+def _event(row: Row[Any]) -> EventRecord:
+    m = row._mapping
+    return EventRecord(
+        seq=m["seq"], module=m["module"], action=m["action"], country_code=m["country_code"],
+        party_id=m["party_id"], object_id=m["object_id"], evse_uid=m["evse_uid"],
+        connector_id=m["connector_id"], last_updated=m["last_updated"], received_at=m["received_at"],
+        origin=m["origin"], subscription=m["subscription"], request_id=m["request_id"],
+        status=m["status"], body=m["body"], object=m["object"],
+    )
+
+
+def _rejected(row: Row[Any]) -> RejectedRecord:
+    m = row._mapping
+    return RejectedRecord(
+        id=m["id"], received_at=m["received_at"], subscription=m["subscription"], origin=m["origin"],
+        method=m["method"], path=m["path"], module=m["module"], http_status=m["http_status"],
+        status_code=m["status_code"], reason=m["reason"], body=bytes(m["body"]),
+        request_id=m["request_id"], replayed_at=m["replayed_at"], replay_seq=m["replay_seq"],
+    )
+
+
+def cpo_clause(cc_col: Any, party_col: Any, cpos: Sequence[tuple[str, str]]) -> Any:
+    parts = []
+    for cc, party in cpos:
+        conds = []
+        if cc != "*":
+            conds.append(func.upper(cc_col) == cc.upper())
+        if party != "*":
+            conds.append(func.upper(party_col) == party.upper())
+        if not conds:
+            return None  # "*" matches everything
+        parts.append(and_(*conds))
+    return or_(*parts) if parts else text("1=0")
+
+
+class SqlStore(Store):
+    """Shared implementation; subclasses provide engines, the append lock and wake-ups."""
+
+    dialect = "sql"
+
+    def __init__(self, async_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0) -> None:
+        self.url = async_url
+        self.batch_max = batch_max
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self.engine: AsyncEngine = self._make_engine()
+        self.write_engine: AsyncEngine = self._make_write_engine()
+        self._writer = GroupCommitWriter(self._commit_batch, batch_max=batch_max)
+        self._latest_seq = 0
+        self._seq_changed = asyncio.Event()
+
+    # -- dialect hooks -------------------------------------------------------------------------
+    def _make_engine(self) -> AsyncEngine:
+        raise NotImplementedError
+
+    def _make_write_engine(self) -> AsyncEngine:
+        return self.engine
+
+    async def _lock_appends(self, conn: AsyncConnection) -> None:
+        """Serialise appends so that commit order equals seq order (see the subclasses)."""
+
+    async def _announce(self, conn: AsyncConnection, max_seq: int) -> None:
+        """Inside the transaction: tell other processes about new events (PostgreSQL NOTIFY)."""
+
+    def _upsert_state(self) -> Any:
+        raise NotImplementedError
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._latest_seq = await self.max_seq()
+        self._writer.start()
+
+    async def close(self) -> None:
+        await self._writer.close()
+        await self.write_engine.dispose()
+        if self.write_engine is not self.engine:
+            await self.engine.dispose()
+
+    async def migrate(self) -> None:
+        """Apply the Alembic revisions (blocking Alembic runs in a worker thread)."""
+        await asyncio.to_thread(migrate.upgrade_to_head, self.url)
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def submit(self, op: Operation) -> Plan:
+        return await self._writer.submit(op)
+
+    async def _read_states(self, conn: AsyncConnection, keys: Sequence[StateKey]) -> dict[StateKey, StoredState]:
+        found: dict[StateKey, StoredState] = {}
+        unique = list(dict.fromkeys(keys))
+        for i in range(0, len(unique), 200):
+            chunk = unique[i : i + 200]
+            stmt = select(STATE).where(
+                tuple_(*_KEY_COLS).in_([(k.module, k.country_code, k.party_id, k.object_id) for k in chunk])
+            )
+            for row in await conn.execute(stmt):
+                st = _state(row)
+                found[st.key] = st
+        return found
+
+    async def _commit_batch(self, ops: list[Operation]) -> list[Plan | BaseException]:
+        try:
+            async with asyncio.timeout(self.timeout * 3):
+                return await self._commit_batch_once(ops)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise StoreError(f"database write failed: {type(exc).__name__}: {_short(exc)}") from exc
+
+    async def _commit_batch_once(self, ops: list[Operation]) -> list[Plan | BaseException]:
+        now = now_utc()
+        async with self.write_engine.begin() as conn:
+            await self._lock_appends(conn)
+            seq = (await conn.execute(select(func.coalesce(func.max(EVENT.c.seq), 0)))).scalar_one()
+            keys: list[StateKey] = [k for op in ops for k in op.reads]
+            overlay: dict[StateKey, StoredState | None] = dict(await self._read_states(conn, keys))
+            results: list[Plan | BaseException] = []
+            events: list[dict[str, Any]] = []
+            states: dict[StateKey, dict[str, Any]] = {}
+            deliveries: list[dict[str, Any]] = []
+            rejected: list[dict[str, Any]] = []
+            replays: list[dict[str, Any]] = []
+            for op in ops:
+                view = _View(overlay)
+                try:
+                    plan = op.plan(view)
+                except Exception as exc:  # noqa: BLE001 - one bad operation must not fail the batch
+                    logger.exception("operation failed to plan")
+                    results.append(exc)
+                    continue
+                if plan.event is not None:
+                    seq += 1
+                    plan.seq = seq
+                    ev = plan.event
+                    events.append({
+                        "seq": seq, "module": ev.module, "action": ev.action, "country_code": ev.country_code,
+                        "party_id": ev.party_id, "object_id": ev.object_id, "evse_uid": ev.evse_uid,
+                        "connector_id": ev.connector_id, "last_updated": ev.last_updated,
+                        "received_at": ev.received_at, "origin": ev.origin, "subscription": ev.subscription,
+                        "request_id": ev.request_id, "status": ev.status, "body": ev.body,
+                        "body_hash": ev.body_hash, "object": ev.object,
+                    })
+                    for d in plan.deliveries:
+                        deliveries.append({
+                            "seq": seq, "target": d.target, "rule": d.rule, "object_key": d.object_key,
+                            "state": "pending", "attempts": 0, "next_attempt_at": now,
+                            "created_at": now, "updated_at": now,
+                        })
+                for sw in plan.states:
+                    obj_text = orjson.dumps(sw.object).decode()
+                    overlay[sw.key] = StoredState(sw.key, sw.object, sw.object_hash, sw.last_updated, seq, sw.deleted)
+                    states[sw.key] = {
+                        "module": sw.key.module, "country_code": sw.key.country_code,
+                        "party_id": sw.key.party_id, "object_id": sw.key.object_id, "object": obj_text,
+                        "object_hash": sw.object_hash, "last_updated": sw.last_updated, "last_seq": seq,
+                        "deleted": sw.deleted, "updated_at": now,
+                    }
+                if plan.rejected is not None:
+                    r = plan.rejected
+                    rejected.append({
+                        "received_at": r.received_at, "subscription": r.subscription, "origin": r.origin,
+                        "method": r.method, "path": r.path, "module": r.module, "http_status": r.http_status,
+                        "status_code": r.status_code, "reason": r.reason, "body": r.body,
+                        "request_id": r.request_id,
+                    })
+                if plan.rejected_replay is not None:
+                    replays.append({"rid": plan.rejected_replay[0], "at": plan.rejected_replay[1], "rseq": plan.seq})
+                results.append(plan)
+            if events:
+                await conn.execute(EVENT.insert(), events)
+            if states:
+                await conn.execute(self._upsert_state(), list(states.values()))
+            if deliveries:
+                await conn.execute(DELIVERY.insert(), deliveries)
+            if rejected:
+                await conn.execute(REJECTED.insert(), rejected)
+            for rp in replays:
+                await conn.execute(
+                    update(REJECTED).where(REJECTED.c.id == rp["rid"]).values(replayed_at=rp["at"], replay_seq=rp["rseq"])
+                )
+            if events:
+                await self._announce(conn, seq)
+        if events:
+            self._note_seq(seq)
+        return results
+
+    def _note_seq(self, seq: int) -> None:
+        if seq > self._latest_seq:
+            self._latest_seq = seq
+            self._seq_changed.set()
+            self._seq_changed = asyncio.Event()
+
+    # -- reads -----------------------------------------------------------------------------------
+    async def _fetch(self, stmt: Any) -> list[Row[Any]]:
+        try:
+            async with self.engine.connect() as conn:
+                return list(await conn.execute(stmt))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"database read failed: {type(exc).__name__}: {_short(exc)}") from exc
+
+    async def get_state(self, key: StateKey) -> StoredState | None:
+        rows = await self._fetch(
+            select(STATE).where(tuple_(*_KEY_COLS) == (key.module, key.country_code, key.party_id, key.object_id))
+        )
+        return _state(rows[0]) if rows else None
+
+    async def find_states(self, module: str, object_id: str, *, case_insensitive: bool = False) -> list[StoredState]:
+        cond = (func.lower(STATE.c.object_id) == object_id.lower()) if case_insensitive else (STATE.c.object_id == object_id)
+        rows = await self._fetch(select(STATE).where(STATE.c.module == module, cond).order_by(STATE.c.last_seq.desc()))
+        return [_state(r) for r in rows]
+
+    async def list_states(
+        self, module: str, cpos: Sequence[tuple[str, str]] | None, after: tuple[str, str, str] | None, limit: int
+    ) -> list[StoredState]:
+        stmt = select(STATE).where(STATE.c.module == module, STATE.c.deleted == False)  # noqa: E712
+        if cpos is not None:
+            clause = cpo_clause(STATE.c.country_code, STATE.c.party_id, cpos)
+            if clause is not None:
+                stmt = stmt.where(clause)
+        if after is not None:
+            stmt = stmt.where(tuple_(STATE.c.country_code, STATE.c.party_id, STATE.c.object_id) > after)
+        stmt = stmt.order_by(STATE.c.country_code, STATE.c.party_id, STATE.c.object_id).limit(limit)
+        return [_state(r) for r in await self._fetch(stmt)]
+
+    async def read_events(
+        self, after_seq: int, limit: int, flt: EventFilter | None = None, *, applied_only: bool = True
+    ) -> list[EventRecord]:
+        stmt = select(EVENT).where(EVENT.c.seq > after_seq)
+        if applied_only:
+            stmt = stmt.where(EVENT.c.status == "applied")
+        if flt is not None:
+            if flt.modules is not None:
+                stmt = stmt.where(EVENT.c.module.in_(sorted(flt.modules)))
+            if flt.cpos is not None:
+                clause = cpo_clause(EVENT.c.country_code, EVENT.c.party_id, flt.cpos)
+                if clause is not None:
+                    stmt = stmt.where(clause)
+            if flt.object_ids is not None:
+                stmt = stmt.where(EVENT.c.object_id.in_(sorted(flt.object_ids)))
+        stmt = stmt.order_by(EVENT.c.seq).limit(limit)
+        return [_event(r) for r in await self._fetch(stmt)]
+
+    async def max_seq(self) -> int:
+        rows = await self._fetch(select(func.coalesce(func.max(EVENT.c.seq), 0)))
+        return int(rows[0][0])
+
+    async def first_seq_since(self, since: datetime) -> int:
+        rows = await self._fetch(select(func.min(EVENT.c.seq)).where(EVENT.c.received_at >= since))
+        first = rows[0][0]
+        return (int(first) - 1) if first is not None else await self.max_seq()
+
+    async def wait_for_events(self, after_seq: int, timeout: float) -> int:
+        if self._latest_seq > after_seq:
+            return self._latest_seq
+        changed = self._seq_changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except TimeoutError:
+            # another process (CLI replay, another replica without NOTIFY) may have appended
+            self._note_seq(await self.max_seq())
+        return self._latest_seq
+
+    @property
+    def latest_seq(self) -> int:
+        return self._latest_seq
+
+    async def get_cursor(self, name: str) -> int | None:
+        rows = await self._fetch(select(CONSUMER.c.seq).where(CONSUMER.c.name == name))
+        return int(rows[0][0]) if rows else None
+
+    async def commit_cursor(self, name: str, seq: int) -> None:
+        now = now_utc()
+        try:
+            async with self.engine.begin() as conn:
+                res = await conn.execute(
+                    update(CONSUMER).where(CONSUMER.c.name == name, CONSUMER.c.seq <= seq).values(seq=seq, updated_at=now)
+                )
+                if res.rowcount == 0:
+                    exists = (await conn.execute(select(CONSUMER.c.seq).where(CONSUMER.c.name == name))).first()
+                    if exists is None:
+                        await conn.execute(CONSUMER.insert().values(name=name, seq=seq, updated_at=now))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cursor commit failed: {_short(exc)}") from exc
+
+    async def list_rejected(self, limit: int = 1000, *, only_open: bool = False) -> list[RejectedRecord]:
+        stmt = select(REJECTED)
+        if only_open:
+            stmt = stmt.where(REJECTED.c.replayed_at.is_(None))
+        stmt = stmt.order_by(REJECTED.c.id).limit(limit)
+        return [_rejected(r) for r in await self._fetch(stmt)]
+
+    async def get_rejected(self, rejected_id: int) -> RejectedRecord | None:
+        rows = await self._fetch(select(REJECTED).where(REJECTED.c.id == rejected_id))
+        return _rejected(rows[0]) if rows else None
+
+    async def update_rejected_reason(self, rejected_id: int, http_status: int, status_code: int, reason: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(REJECTED).where(REJECTED.c.id == rejected_id)
+                .values(http_status=http_status, status_code=status_code, reason=reason)
+            )
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._fetch(select(1))
+            return True
+        except (StoreError, TimeoutError):
+            return False
+
+    async def schema_revision(self) -> str | None:
+        try:
+            return await migrate.current_revision(self.engine)
+        except (SQLAlchemyError, OSError):
+            return None
+
+    async def stats(self) -> dict[str, Any]:
+        now = now_utc()
+        ev = await self._fetch(select(EVENT.c.status, func.count(), func.max(EVENT.c.seq)).group_by(EVENT.c.status))
+        by_status = {r[0]: int(r[1]) for r in ev}
+        last_seq = max((int(r[2]) for r in ev), default=0)
+        outbox = await self._fetch(
+            select(DELIVERY.c.target, DELIVERY.c.state, func.count(), func.min(DELIVERY.c.created_at))
+            .group_by(DELIVERY.c.target, DELIVERY.c.state)
+        )
+        targets: dict[str, dict[str, Any]] = {}
+        for target, state, count, oldest in outbox:
+            t = targets.setdefault(target, {"pending": 0, "in_flight": 0, "done": 0, "dead": 0, "oldest_pending_age_s": None})
+            t[state] = int(count)
+            if state in ("pending", "in_flight") and oldest is not None:
+                age = (now - oldest).total_seconds()
+                prev = t["oldest_pending_age_s"]
+                t["oldest_pending_age_s"] = round(max(age, prev or 0.0), 3)
+        for t in targets.values():
+            t["depth"] = t["pending"] + t["in_flight"]
+        consumers = await self._fetch(select(CONSUMER.c.name, CONSUMER.c.seq))
+        rejected = await self._fetch(
+            select(func.count(), func.count(REJECTED.c.replayed_at)).select_from(REJECTED)
+        )
+        return {
+            "events": sum(by_status.values()),
+            "events_by_status": by_status,
+            "last_seq": last_seq,
+            "unmatched": by_status.get("unmatched", 0),
+            "rejected": int(rejected[0][0]),
+            "rejected_open": int(rejected[0][0]) - int(rejected[0][1]),
+            "targets": targets,
+            "consumers": {name: {"seq": int(s), "lag": last_seq - int(s)} for name, s in consumers},
+        }
+
+
+class _View(Mapping[StateKey, "StoredState | None"]):
+    """Read-only view of the batch's states for one operation (missing keys read as None)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict[StateKey, StoredState | None]) -> None:
+        self._d = d
+
+    def __getitem__(self, key: StateKey) -> StoredState | None:
+        return self._d.get(key)
+
+    def __iter__(self) -> Any:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).splitlines()[0][:200]
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -1,0 +1,235 @@
+"""Shared fixtures: real databases (SQLite file, PostgreSQL), a real relay on ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay.runtime import RunInfo, run
+from relay.settings import Settings
+from relay.store import SqlStore, async_url
+from relay.store.migrate import upgrade_to_head
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ocpi" / "examples"
+PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+GFX_TOKEN = "gfx-test-token-4f1c9a"
+LIMITED_TOKEN = "limited-test-token-77b2"
+LOC_ID = "3f9c1e72-8a4d-4b6e-9d21-5c7a0e4b18f6"
+SESSION_ID = "NLGFX638452100421337012-4c1e9"
+
+BASE_CONFIG = """
+subscriptions:
+  - name: greenflux
+    token_env: TEST_TOKEN_GFX
+    cpos: ["NL*GFX"]
+    default_cpo: "NL*GFX"
+  - name: limited
+    token_env: TEST_TOKEN_LIMITED
+    cpos: ["BE*BEC"]
+    modules: [locations]
+"""
+
+
+def example(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / name).read_text())
+
+
+def example_bytes(name: str) -> bytes:
+    return (EXAMPLES / name).read_bytes()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, interval: float = 0.05) -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+# -- databases ---------------------------------------------------------------------------------
+
+
+def _pg_required() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head, dropped at the end."""
+    import asyncpg
+
+    name = f"relay_test_{secrets.token_hex(4)}"
+    admin = PG_ADMIN_URL
+
+    async def _admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if _pg_required():
+            pytest.fail(f"PostgreSQL is required in CI but not reachable at {admin}: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {admin} ({exc}); set RELAY_TEST_PG_URL or start it")
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    upgrade_to_head(async_url(url))
+    yield url
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _truncate_pg(url: str) -> None:
+    import asyncpg
+
+    async def _go() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await conn.execute("TRUNCATE event, state, delivery, consumer, rejected RESTART IDENTITY")
+        finally:
+            await conn.close()
+
+    asyncio.run(_go())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test that uses it runs twice: on a real SQLite file and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'relay.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    _truncate_pg(url)
+    return url
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tokens(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("TEST_TOKEN_GFX", GFX_TOKEN)
+    monkeypatch.setenv("TEST_TOKEN_LIMITED", LIMITED_TOKEN)
+    return {"greenflux": GFX_TOKEN, "limited": LIMITED_TOKEN}
+
+
+@pytest.fixture
+def extra_config() -> str:
+    """Override in a test module to add targets, rules, stream clients or pull sources."""
+    return ""
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, tokens: dict[str, str], extra_config: str) -> Path:
+    path = tmp_path / "forwarding.yaml"
+    path.write_text(textwrap.dedent(BASE_CONFIG) + textwrap.dedent(extra_config))
+    return path
+
+
+# -- a running relay -------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: Any
+
+
+@dataclass
+class RelayHandle:
+    settings: Settings
+    info: RunInfo
+    http: aiohttp.ClientSession
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.info.ports['http']}"
+
+    @property
+    def base(self) -> str:
+        return self.url + self.settings.base_path
+
+    @property
+    def store(self) -> SqlStore:
+        assert self.info.store is not None
+        return self.info.store
+
+    async def request(self, method: str, path: str, body: Any = None, *, token: str | None = GFX_TOKEN,
+                      raw: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Token {token}"
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            hdrs.setdefault("Content-Type", "application/json")
+        async with self.http.request(method, self.base + path, data=data, headers=hdrs) as resp:
+            text = await resp.read()
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = {"_raw": text.decode("utf-8", "replace")}
+            return Answer(resp.status, parsed, resp.headers)
+
+    async def put(self, path: str, body: Any, **kw: Any) -> Answer:
+        return await self.request("PUT", path, body, **kw)
+
+    async def patch(self, path: str, body: Any, **kw: Any) -> Answer:
+        return await self.request("PATCH", path, body, **kw)
+
+    async def post(self, path: str, body: Any, **kw: Any) -> Answer:
+        return await self.request("POST", path, body, **kw)
+
+    async def get(self, path: str, **kw: Any) -> Answer:
+        return await self.request("GET", path, **kw)
+
+
+async def start_relay(settings: Settings) -> RelayHandle:
+    info = RunInfo()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop=stop, info=info))
+    ready = asyncio.create_task(info.ready.wait())
+    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raises the start-up error
+    assert info.ready.is_set(), "relay did not become ready in 30 s"
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    return RelayHandle(settings, info, http, stop, task)
+
+
+async def stop_relay(handle: RelayHandle) -> None:
+    await handle.http.close()
+    handle.stop.set()
+    await asyncio.wait_for(handle.task, 30)
+
+
+@pytest.fixture
+def relay_settings(database_url: str, config_path: Path) -> Settings:
+    return Settings(database_url=database_url, config=str(config_path), http_port=0, grpc_port=0,
+                    grpc=False, workers=False)
+
+
+@pytest.fixture
+async def relay(relay_settings: Settings) -> AsyncIterator[RelayHandle]:
+    """A relay running in this event loop: uvicorn on an ephemeral port, a real database."""
+    handle = await start_relay(relay_settings)
+    try:
+        yield handle
+    finally:
+        await stop_relay(handle)
