@@ -84,14 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every refused request not replayed yet")
     p.add_argument("--json", action="store_true", help="JSON array of results")
 
-    for register in EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-# Subcommand registrations contributed by the stream, deliver and pull packages:
-# each takes the subparsers object and sets ``func`` defaults on what it adds.
-EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+def _extra_commands() -> list[Callable[[Any], None]]:
+    """Subcommands contributed by the stream, deliver and pull packages: each ``register`` takes the
+    subparsers object and sets a ``func(args) -> exit code`` default on what it adds."""
+    from relay.deliver.cli import register as deliver_commands
+    from relay.pull.cli import register as pull_commands
+    from relay.stream.cli import register as stream_commands
+
+    return [deliver_commands, pull_commands, stream_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

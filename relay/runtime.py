@@ -126,5 +126,16 @@ async def _announce_ready(info: RunInfo) -> None:
 
 
 def optional_parts(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> list[Part]:
-    """gRPC stream, delivery workers and pull schedule (added as those packages land)."""
-    return []
+    """gRPC stream, delivery workers and pull schedule, each switchable by a flag."""
+    parts: list[Part] = []
+    if settings.grpc:
+        from relay.stream.server import grpc_part
+
+        parts.append(grpc_part(settings, store, holder, info))
+    if settings.workers:
+        from relay.deliver.worker import delivery_part
+        from relay.pull.scheduler import pull_part
+
+        parts.append(delivery_part(settings, store, holder, info))
+        parts.append(pull_part(settings, store, holder, info))
+    return parts

@@ -155,3 +155,19 @@ STATE = State.__table__  # type: ignore[attr-defined]
 DELIVERY = Delivery.__table__  # type: ignore[attr-defined]
 CONSUMER = Consumer.__table__  # type: ignore[attr-defined]
 REJECTED = Rejected.__table__  # type: ignore[attr-defined]
+
+
+class PullPosition(SQLModel, table=True):
+    """Where each pull source stands per module: the next incremental pull asks ``date_from=position``."""
+
+    __tablename__ = "pull_position"
+
+    source: str = Field(sa_column=Column(String(100), primary_key=True))
+    module: str = Field(sa_column=Column(String(32), primary_key=True))
+    position: datetime | None = _ts(nullable=True)
+    last_run_at: datetime | None = _ts(nullable=True)
+    last_status: str | None = Field(default=None, sa_column=Column(Text))
+    updated_at: datetime = _ts()
+
+
+PULL_POSITION = PullPosition.__table__  # type: ignore[attr-defined]
