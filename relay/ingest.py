@@ -212,7 +212,11 @@ class Ingestor:
             return {"uid": addr.evse_uid}
         if addr.level == "connector" and addr.connector_id is not None:
             return {"id": addr.connector_id}
-        return {"id": addr.object_id} if addr.object_id is not None else {}
+        ids = {"id": addr.object_id} if addr.object_id is not None else {}
+        if addr.country_code is not None and addr.party_id is not None and addr.level != "cdr":
+            # a 2.2-style body carrying its party must carry the URL's (compared case-insensitively)
+            ids.update(country_code=addr.country_code, party_id=addr.party_id)
+        return ids
 
     @staticmethod
     def _object_id(addr: Address, body: Mapping[str, Any], raw: bytes) -> str:

@@ -320,7 +320,7 @@ def _c_date(v: Any, arg: None, strict: bool) -> Any:
     raise _Invalid(f"{_show(v)} is not a valid date (expected YYYY-MM-DD)")
 
 
-def _coordinate(v: Any, limit: int, strict: bool, strict_re: re.Pattern[str], what: str) -> str:
+def _coordinate(v: Any, limit: int, strict: bool, strict_re: re.Pattern[str], what: str) -> Any:
     t = type(v)
     if t is str:
         exact = strict_re.fullmatch(v) is not None
@@ -546,11 +546,11 @@ def _walk(spec: _Spec, obj: dict[str, Any], full: bool, strict: bool) -> dict[st
                 present = True
                 break
         if not present:
-            if full:
-                raise _Invalid("is required", group[0])
             for name in group:
                 if name in out:  # present, but null, with no other spelling to stand in
                     raise _Invalid("must not be null", name)
+            if full:
+                raise _Invalid("is required", group[0])
     if spec.order is not None:
         _check_order(spec.order, out)
     return out

@@ -362,5 +362,11 @@ async def test_ops_endpoints(relay: RelayHandle) -> None:
     assert 'relay_ingest_requests_total{http_status="200",module="locations",status_code="1000"}' in text
 
 
-def _ids(data: Any) -> Any:
-    return data
+
+
+async def test_body_party_fields_must_match_the_url(relay: RelayHandle) -> None:
+    body = dict(example("location_full.json"), country_code="BE", party_id="BEC")
+    ans = await relay.put(LOC, body)
+    assert ans.status == 400 and ans.body["status_code"] == 2001 and "country_code" in ans.body["status_message"]
+    same = dict(example("location_full.json"), country_code="nl", party_id="gfx")
+    assert (await relay.put(LOC, same)).body["status_code"] == 1000

@@ -337,7 +337,11 @@ def _location_with(path: tuple[str | int, ...], value: object) -> dict[str, Any]
         (("evses",), {"uid": "x"}, "evses"),
         (("evses", 0, "capabilities"), "RFID_READER", "evses[0].capabilities"),
         (("evses", 0, "capabilities", 0), 7, "evses[0].capabilities[0]"),
-        (("evses", 0, "status_schedule"), [{"period_begin": "2024-03-06T00:00:00Z"}], "evses[0].status_schedule[0].status"),
+        (
+            ("evses", 0, "status_schedule"),
+            [{"period_begin": "2024-03-06T00:00:00Z"}],
+            "evses[0].status_schedule[0].status",
+        ),
         (("evses", 0, "uid"), "NL GFX 1", "evses[0].uid"),
         (("evses", 0, "uid"), "", "evses[0].uid"),
         (("evses", 0, "evse_id"), "N" * 49, "evses[0].evse_id"),
@@ -358,8 +362,16 @@ def _location_with(path: tuple[str | int, ...], value: object) -> dict[str, Any]
         (("operator", "logo", "width"), 100000, "operator.logo.width"),
         (("opening_times", "regular_hours", 0, "weekday"), 8, "opening_times.regular_hours[0].weekday"),
         (("opening_times", "regular_hours", 0, "weekday"), 0, "opening_times.regular_hours[0].weekday"),
-        (("opening_times", "regular_hours", 2, "period_end"), "24:00", "opening_times.regular_hours[2].period_end"),
-        (("opening_times", "regular_hours", 2, "period_begin"), "6:00", "opening_times.regular_hours[2].period_begin"),
+        (
+            ("opening_times", "regular_hours", 2, "period_end"),
+            "24:00",
+            "opening_times.regular_hours[2].period_end",
+        ),
+        (
+            ("opening_times", "regular_hours", 2, "period_begin"),
+            "6:00",
+            "opening_times.regular_hours[2].period_begin",
+        ),
         (
             ("opening_times", "exceptional_closings", 0, "period_end"),
             "2024-12-24T22:00:00Z",
@@ -372,7 +384,9 @@ def _location_with(path: tuple[str | int, ...], value: object) -> dict[str, Any]
         (("last_updated",), "2024-03-05T08:14", "last_updated"),
     ],
 )
-def test_location_refusal_names_the_nested_field(path: tuple[str | int, ...], value: object, field: str) -> None:
+def test_location_refusal_names_the_nested_field(
+    path: tuple[str | int, ...], value: object, field: str
+) -> None:
     err = refused(LOCATION_PUT, _location_with(path, value))
     assert field_of(err) == field, err.message
 
@@ -475,7 +489,11 @@ def test_cdr_field_refusals(field: str, value: object) -> None:
 @pytest.mark.parametrize(
     ("path", "value", "field"),
     [
-        (("charging_periods", 0, "dimensions", 2, "volume"), -21.384, "charging_periods[0].dimensions[2].volume"),
+        (
+            ("charging_periods", 0, "dimensions", 2, "volume"),
+            -21.384,
+            "charging_periods[0].dimensions[2].volume",
+        ),
         (("charging_periods", 0, "dimensions", 2, "type"), "KWH", "charging_periods[0].dimensions[2].type"),
         (("tariffs", 0, "elements"), [], "tariffs[0].elements"),
         (("tariffs", 0, "elements", 0, "price_components"), [], "tariffs[0].elements[0].price_components"),
@@ -494,7 +512,11 @@ def test_cdr_field_refusals(field: str, value: object) -> None:
             300.5,
             "tariffs[0].elements[0].price_components[2].step_size",
         ),
-        (("location", "evses", 0, "connectors", 0, "format"), "PLUG", "location.evses[0].connectors[0].format"),
+        (
+            ("location", "evses", 0, "connectors", 0, "format"),
+            "PLUG",
+            "location.evses[0].connectors[0].format",
+        ),
         (("location", "postal_code"), "3812 EA AMERSFOORT", "location.postal_code"),
     ],
 )
@@ -526,9 +548,9 @@ def test_tariff_module_put_is_validated_as_a_tariff() -> None:
     assert refused(push, tariff).message == "elements: must not be null"
 
 
-def test_body_that_is_not_an_object_is_refused() -> None:
-    for body in ([], "x", None, 3):
-        assert refused(SESSION_PUT, body).message == "body: must be a JSON object"
+@pytest.mark.parametrize("body", [[], "x", None, 3], ids=["list", "string", "null", "number"])
+def test_body_that_is_not_an_object_is_refused(body: object) -> None:
+    assert refused(SESSION_PUT, body).message == "body: must be a JSON object"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,6 +622,17 @@ def test_connector_with_2_2_spellings_is_accepted() -> None:
     body["tariff_ids"] = [body.pop("tariff_id")]
     out = run(CONNECTOR_PUT, body)
     assert out["tariff_ids"] == ["GFX-DC-0.59-NIGHT"]
+
+
+def test_null_2_1_1_spelling_is_refused_when_no_2_2_spelling_stands_in() -> None:
+    body = load("connector_put.json")
+    body["voltage"] = None
+    assert refused(CONNECTOR_PUT, body).message == "voltage: must not be null"
+    body["max_voltage"] = 500
+    run(CONNECTOR_PUT, body)
+    assert refused(("sessions", "session", "PATCH", {}), {"start_datetime": None}).message == (
+        "start_datetime: must not be null"
+    )
 
 
 def test_connector_without_any_voltage_spelling_is_refused() -> None:
@@ -687,7 +720,14 @@ def test_format_and_parse_round_trip() -> None:
 
 
 def test_modules_are_the_forwarding_yaml_names() -> None:
-    assert MODULES == ("locations", "sessions", "cdrs", "tariffs", "chargestationnotifications", "notifications")
+    assert MODULES == (
+        "locations",
+        "sessions",
+        "cdrs",
+        "tariffs",
+        "chargestationnotifications",
+        "notifications",
+    )
 
 
 def test_valid_path_ids_pass() -> None:
