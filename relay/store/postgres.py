@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from relay.store.sql import SqlStore
 from relay.store.tables import STATE
@@ -44,11 +45,11 @@ class PostgresStore(SqlStore):
             connect_args={"timeout": self.timeout, "command_timeout": self.timeout * 3},
         )
 
-    async def _lock_appends(self, conn: AsyncConnection) -> None:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPEND_LOCK})
+    def _lock_appends(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPEND_LOCK})
 
-    async def _announce(self, conn: AsyncConnection, max_seq: int) -> None:
-        await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": str(max_seq)})
+    def _announce(self, conn: Connection, max_seq: int) -> None:
+        conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": str(max_seq)})
 
     def _upsert_state(self) -> Any:
         ins = pg_insert(STATE)

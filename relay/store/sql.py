@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, func, or_, select, text, tuple_, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.errors import StoreError
 from relay.store import migrate
@@ -114,10 +114,10 @@ class SqlStore(Store):
     def _make_write_engine(self) -> AsyncEngine:
         return self.engine
 
-    async def _lock_appends(self, conn: AsyncConnection) -> None:
+    def _lock_appends(self, conn: Connection) -> None:
         """Serialise appends so that commit order equals seq order (see the subclasses)."""
 
-    async def _announce(self, conn: AsyncConnection, max_seq: int) -> None:
+    def _announce(self, conn: Connection, max_seq: int) -> None:
         """Inside the transaction: tell other processes about new events (PostgreSQL NOTIFY)."""
 
     def _upsert_state(self) -> Any:
@@ -142,102 +142,115 @@ class SqlStore(Store):
     async def submit(self, op: Operation) -> Plan:
         return await self._writer.submit(op)
 
-    async def _read_states(self, conn: AsyncConnection, keys: Sequence[StateKey]) -> dict[StateKey, StoredState]:
+    def _read_states(self, conn: Connection, keys: Sequence[StateKey]) -> dict[StateKey, StoredState]:
         found: dict[StateKey, StoredState] = {}
-        unique = list(dict.fromkeys(keys))
-        for i in range(0, len(unique), 200):
-            chunk = unique[i : i + 200]
-            stmt = select(STATE).where(
-                tuple_(*_KEY_COLS).in_([(k.module, k.country_code, k.party_id, k.object_id) for k in chunk])
-            )
-            for row in await conn.execute(stmt):
-                st = _state(row)
-                found[st.key] = st
+        # Grouped as prefix = ... AND object_id IN (...): a row-value IN list makes SQLite scan the table.
+        groups: dict[tuple[str, str, str], set[str]] = {}
+        for k in keys:
+            groups.setdefault((k.module, k.country_code, k.party_id), set()).add(k.object_id)
+        for (module, cc, party), ids in groups.items():
+            id_list = sorted(ids)
+            for i in range(0, len(id_list), 500):
+                stmt = select(STATE).where(
+                    STATE.c.module == module, STATE.c.country_code == cc, STATE.c.party_id == party,
+                    STATE.c.object_id.in_(id_list[i : i + 500]),
+                )
+                for row in conn.execute(stmt):
+                    st = _state(row)
+                    found[st.key] = st
         return found
 
     async def _commit_batch(self, ops: list[Operation]) -> list[Plan | BaseException]:
         try:
             async with asyncio.timeout(self.timeout * 3):
-                return await self._commit_batch_once(ops)
+                results, last_seq = await self._run_batch(ops)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise StoreError(f"database write failed: {type(exc).__name__}: {_short(exc)}") from exc
-
-    async def _commit_batch_once(self, ops: list[Operation]) -> list[Plan | BaseException]:
-        now = now_utc()
-        async with self.write_engine.begin() as conn:
-            await self._lock_appends(conn)
-            seq = (await conn.execute(select(func.coalesce(func.max(EVENT.c.seq), 0)))).scalar_one()
-            keys: list[StateKey] = [k for op in ops for k in op.reads]
-            overlay: dict[StateKey, StoredState | None] = dict(await self._read_states(conn, keys))
-            results: list[Plan | BaseException] = []
-            events: list[dict[str, Any]] = []
-            states: dict[StateKey, dict[str, Any]] = {}
-            deliveries: list[dict[str, Any]] = []
-            rejected: list[dict[str, Any]] = []
-            replays: list[dict[str, Any]] = []
-            for op in ops:
-                view = _View(overlay)
-                try:
-                    plan = op.plan(view)
-                except Exception as exc:  # noqa: BLE001 - one bad operation must not fail the batch
-                    logger.exception("operation failed to plan")
-                    results.append(exc)
-                    continue
-                if plan.event is not None:
-                    seq += 1
-                    plan.seq = seq
-                    ev = plan.event
-                    events.append({
-                        "seq": seq, "module": ev.module, "action": ev.action, "country_code": ev.country_code,
-                        "party_id": ev.party_id, "object_id": ev.object_id, "evse_uid": ev.evse_uid,
-                        "connector_id": ev.connector_id, "last_updated": ev.last_updated,
-                        "received_at": ev.received_at, "origin": ev.origin, "subscription": ev.subscription,
-                        "request_id": ev.request_id, "status": ev.status, "body": ev.body,
-                        "body_hash": ev.body_hash, "object": ev.object,
-                    })
-                    for d in plan.deliveries:
-                        deliveries.append({
-                            "seq": seq, "target": d.target, "rule": d.rule, "object_key": d.object_key,
-                            "state": "pending", "attempts": 0, "next_attempt_at": now,
-                            "created_at": now, "updated_at": now,
-                        })
-                for sw in plan.states:
-                    obj_text = orjson.dumps(sw.object).decode()
-                    overlay[sw.key] = StoredState(sw.key, sw.object, sw.object_hash, sw.last_updated, seq, sw.deleted)
-                    states[sw.key] = {
-                        "module": sw.key.module, "country_code": sw.key.country_code,
-                        "party_id": sw.key.party_id, "object_id": sw.key.object_id, "object": obj_text,
-                        "object_hash": sw.object_hash, "last_updated": sw.last_updated, "last_seq": seq,
-                        "deleted": sw.deleted, "updated_at": now,
-                    }
-                if plan.rejected is not None:
-                    r = plan.rejected
-                    rejected.append({
-                        "received_at": r.received_at, "subscription": r.subscription, "origin": r.origin,
-                        "method": r.method, "path": r.path, "module": r.module, "http_status": r.http_status,
-                        "status_code": r.status_code, "reason": r.reason, "body": r.body,
-                        "request_id": r.request_id,
-                    })
-                if plan.rejected_replay is not None:
-                    replays.append({"rid": plan.rejected_replay[0], "at": plan.rejected_replay[1], "rseq": plan.seq})
-                results.append(plan)
-            if events:
-                await conn.execute(EVENT.insert(), events)
-            if states:
-                await conn.execute(self._upsert_state(), list(states.values()))
-            if deliveries:
-                await conn.execute(DELIVERY.insert(), deliveries)
-            if rejected:
-                await conn.execute(REJECTED.insert(), rejected)
-            for rp in replays:
-                await conn.execute(
-                    update(REJECTED).where(REJECTED.c.id == rp["rid"]).values(replayed_at=rp["at"], replay_seq=rp["rseq"])
-                )
-            if events:
-                await self._announce(conn, seq)
-        if events:
-            self._note_seq(seq)
+        if last_seq is not None:
+            self._note_seq(last_seq)
         return results
+
+    async def _run_batch(self, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
+        """One transaction for the whole batch (overridden by SQLite to run in its writer thread)."""
+        async with self.write_engine.begin() as conn:
+            return await conn.run_sync(self._apply_batch, ops)
+
+    def _apply_batch(self, conn: Connection, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
+        """Inside one transaction: lock appends, number events, decide every operation against the
+        states of the batch (later operations see earlier ones' writes), write everything in a few
+        executemany statements. Returns each operation's plan (or error) and the last seq appended."""
+        now = now_utc()
+        self._lock_appends(conn)
+        seq = conn.execute(select(func.coalesce(func.max(EVENT.c.seq), 0))).scalar_one()
+        keys: list[StateKey] = [k for op in ops for k in op.reads]
+        overlay: dict[StateKey, StoredState | None] = dict(self._read_states(conn, keys))
+        view = _View(overlay)
+        results: list[Plan | BaseException] = []
+        events: list[dict[str, Any]] = []
+        states: dict[StateKey, dict[str, Any]] = {}
+        deliveries: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        replays: list[dict[str, Any]] = []
+        for op in ops:
+            try:
+                plan = op.plan(view)
+            except Exception as exc:  # noqa: BLE001 - one bad operation must not fail the batch
+                logger.exception("operation failed to plan")
+                results.append(exc)
+                continue
+            if plan.event is not None:
+                seq += 1
+                plan.seq = seq
+                ev = plan.event
+                events.append({
+                    "seq": seq, "module": ev.module, "action": ev.action, "country_code": ev.country_code,
+                    "party_id": ev.party_id, "object_id": ev.object_id, "evse_uid": ev.evse_uid,
+                    "connector_id": ev.connector_id, "last_updated": ev.last_updated,
+                    "received_at": ev.received_at, "origin": ev.origin, "subscription": ev.subscription,
+                    "request_id": ev.request_id, "status": ev.status, "body": ev.body,
+                    "body_hash": ev.body_hash, "object": ev.object,
+                })
+                for d in plan.deliveries:
+                    deliveries.append({
+                        "seq": seq, "target": d.target, "rule": d.rule, "object_key": d.object_key,
+                        "state": "pending", "attempts": 0, "next_attempt_at": now,
+                        "created_at": now, "updated_at": now,
+                    })
+            for sw in plan.states:
+                obj_text = orjson.dumps(sw.object).decode()
+                overlay[sw.key] = StoredState(sw.key, sw.object, sw.object_hash, sw.last_updated, seq, sw.deleted)
+                states[sw.key] = {
+                    "module": sw.key.module, "country_code": sw.key.country_code,
+                    "party_id": sw.key.party_id, "object_id": sw.key.object_id, "object": obj_text,
+                    "object_hash": sw.object_hash, "last_updated": sw.last_updated, "last_seq": seq,
+                    "deleted": sw.deleted, "updated_at": now,
+                }
+            if plan.rejected is not None:
+                r = plan.rejected
+                rejected.append({
+                    "received_at": r.received_at, "subscription": r.subscription, "origin": r.origin,
+                    "method": r.method, "path": r.path, "module": r.module, "http_status": r.http_status,
+                    "status_code": r.status_code, "reason": r.reason, "body": r.body,
+                    "request_id": r.request_id,
+                })
+            if plan.rejected_replay is not None:
+                replays.append({"rid": plan.rejected_replay[0], "at": plan.rejected_replay[1], "rseq": plan.seq})
+            results.append(plan)
+        if events:
+            conn.execute(EVENT.insert(), events)
+        if states:
+            conn.execute(self._upsert_state(), list(states.values()))
+        if deliveries:
+            conn.execute(DELIVERY.insert(), deliveries)
+        if rejected:
+            conn.execute(REJECTED.insert(), rejected)
+        for rp in replays:
+            conn.execute(
+                update(REJECTED).where(REJECTED.c.id == rp["rid"]).values(replayed_at=rp["at"], replay_seq=rp["rseq"])
+            )
+        if events:
+            self._announce(conn, seq)
+        return results, (seq if events else None)
 
     def _note_seq(self, seq: int) -> None:
         if seq > self._latest_seq:

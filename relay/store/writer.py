@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from relay import metrics
 from relay.errors import StoreError
 from relay.store.base import Operation, Plan
 
@@ -95,6 +96,7 @@ class GroupCommitWriter:
                 continue
             self.batches += 1
             self.operations += len(live)
+            metrics.STORE_BATCH.observe(len(live))
             for i, res in zip(live, results, strict=True):
                 if i.future.done():
                     continue

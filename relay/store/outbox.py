@@ -1,0 +1,342 @@
+"""Outbox SQL: claim due deliveries in per-object order, record outcomes, dead letters, replays.
+
+Order per (target, object): a row is claimable only while no other row of the same (target,
+object_key) is ``in_flight`` and no row with a smaller ``seq`` is ``pending``. A ``dead`` row does not
+block: later changes of that object go on (a partner that refuses one version still gets the newer
+ones; the operator sees the dead one in `relay dead list` and can retry it). Expired leases are
+turned back into ``pending`` by ``reap_expired`` so that a claim only ever looks at ``pending`` rows.
+
+PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` so replicas never take the same row; a concurrent
+claim whose snapshot predates ours still sees the row as ``pending`` (and so keeps blocking the
+object's later rows) or, once our claim commits, re-checks it as ``in_flight`` and skips it. SQLite
+serialises every write transaction (the write engine begins IMMEDIATE), so the same statement is
+atomic there. Claims and outcomes are separate, short transactions: nothing is held across a send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from relay.errors import StoreError
+from relay.store.base import EventRecord
+from relay.store.sql import SqlStore, _event, now_utc
+from relay.store.tables import DELIVERY, EVENT
+
+OPEN_STATES = ("pending", "in_flight")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A row this worker now owns until ``claimed_until``; ``attempts`` counts earlier attempts."""
+
+    id: int
+    seq: int
+    target: str
+    rule: str
+    object_key: str
+    attempts: int
+    created_at: datetime
+    claimed_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeWrite:
+    """The new state of one claimed row after an attempt (``done``, ``pending`` again, or ``dead``)."""
+
+    id: int
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    http_status: int | None = None
+    ocpi_status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One outbox row as the operator commands show it."""
+
+    id: int
+    seq: int
+    target: str
+    rule: str
+    object_key: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    claimed_by: str | None
+    last_http_status: int | None
+    last_ocpi_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def summary(self) -> dict[str, Any]:
+        """The documented JSON shape of a `relay dead list --json` entry."""
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "target": self.target,
+            "rule": self.rule,
+            "object_key": self.object_key,
+            "attempts": self.attempts,
+            "last_http_status": self.last_http_status,
+            "last_ocpi_status": self.last_ocpi_status,
+            "last_error": self.last_error,
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewOutboxRow:
+    """A delivery that `relay replay` adds for an event already in the log."""
+
+    seq: int
+    target: str
+    rule: str
+    object_key: str
+
+
+def _record(row: Any) -> DeliveryRecord:
+    m = row._mapping
+    return DeliveryRecord(
+        id=m["id"], seq=m["seq"], target=m["target"], rule=m["rule"], object_key=m["object_key"],
+        state=m["state"], attempts=m["attempts"], next_attempt_at=m["next_attempt_at"],
+        claimed_by=m["claimed_by"], last_http_status=m["last_http_status"],
+        last_ocpi_status=m["last_ocpi_status"], last_error=m["last_error"], created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).splitlines()[0][:200]
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+class Outbox:
+    """Every SQL statement of the delivery side, on one SqlStore (started or not)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        # SQLite has one writer: queueing our own writes here keeps at most one of this process's
+        # outbox transactions waiting on the database lock next to the ingest writer.
+        self._write_lock = asyncio.Lock() if store.dialect == "sqlite" else None
+
+    # -- plumbing --------------------------------------------------------------------------------
+    async def _write(self, stmt: Any, params: Any = None, *, rows: bool = False) -> list[Any]:
+        try:
+            if self._write_lock is None:
+                return await self._write_once(stmt, params, rows)
+            async with self._write_lock:
+                return await self._write_once(stmt, params, rows)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"outbox write failed: {type(exc).__name__}: {_short(exc)}") from exc
+
+    async def _write_once(self, stmt: Any, params: Any, rows: bool) -> list[Any]:
+        async with self.store.write_engine.begin() as conn:
+            result = await conn.execute(stmt, params) if params is not None else await conn.execute(stmt)
+            return list(result.all()) if rows else []
+
+    async def _read(self, stmt: Any) -> list[Any]:
+        try:
+            async with self.store.engine.connect() as conn:
+                return list(await conn.execute(stmt))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"outbox read failed: {type(exc).__name__}: {_short(exc)}") from exc
+
+    # -- the worker's side ------------------------------------------------------------------------
+    async def has_due(self, target: str, now: datetime | None = None) -> bool:
+        """Cheap read-only check before a claim (which is a write transaction)."""
+        now = now or now_utc()
+        stmt = (
+            select(literal(1)).select_from(DELIVERY)
+            .where(DELIVERY.c.state == "pending", DELIVERY.c.target == target, DELIVERY.c.next_attempt_at <= now)
+            .limit(1)
+        )
+        return bool(await self._read(stmt))
+
+    async def claim(self, target: str, limit: int, owner: str, lease: float) -> list[ClaimedDelivery]:
+        """Take up to ``limit`` due rows of ``target`` (at most one seq per object) for ``lease`` seconds."""
+        if limit <= 0:
+            return []
+        now = now_utc()
+        until = now + timedelta(seconds=lease)
+        d, e = DELIVERY.alias("d"), DELIVERY.alias("e")
+        blocker = select(literal(1)).select_from(e).where(
+            e.c.target == d.c.target,
+            e.c.object_key == d.c.object_key,
+            e.c.id != d.c.id,
+            or_(e.c.state == "in_flight", and_(e.c.state == "pending", e.c.seq < d.c.seq)),
+        )
+        candidates = (
+            select(d.c.id)
+            .where(d.c.state == "pending", d.c.target == target, d.c.next_attempt_at <= now, ~exists(blocker))
+            .order_by(d.c.next_attempt_at, d.c.id)
+            .limit(limit)
+        )
+        if self.store.dialect == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True, of=d)
+        stmt = (
+            update(DELIVERY)
+            .where(DELIVERY.c.id.in_(candidates))
+            .values(state="in_flight", claimed_by=owner, claimed_until=until, updated_at=now)
+            .returning(DELIVERY.c.id, DELIVERY.c.seq, DELIVERY.c.target, DELIVERY.c.rule, DELIVERY.c.object_key,
+                       DELIVERY.c.attempts, DELIVERY.c.created_at)
+        )
+        rows = await self._write(stmt, rows=True)
+        claimed = [
+            ClaimedDelivery(r.id, r.seq, r.target, r.rule, r.object_key, r.attempts, r.created_at, until) for r in rows
+        ]
+        return sorted(claimed, key=lambda c: (c.seq, c.id))
+
+    async def events(self, seqs: Iterable[int]) -> dict[int, EventRecord]:
+        """The events the claimed rows refer to, by seq."""
+        wanted = sorted(set(seqs))
+        found: dict[int, EventRecord] = {}
+        for i in range(0, len(wanted), 500):
+            for row in await self._read(select(EVENT).where(EVENT.c.seq.in_(wanted[i : i + 500]))):
+                ev = _event(row)
+                found[ev.seq] = ev
+        return found
+
+    async def record(self, outcomes: Sequence[OutcomeWrite], owner: str) -> None:
+        """Store attempt outcomes in one transaction; a row whose lease was taken over is left alone."""
+        if not outcomes:
+            return
+        now = now_utc()
+        stmt = (
+            update(DELIVERY)
+            .where(DELIVERY.c.id == bindparam("b_id"), DELIVERY.c.state == "in_flight",
+                   DELIVERY.c.claimed_by == bindparam("b_owner"))
+            .values(state=bindparam("b_state"), attempts=bindparam("b_attempts"),
+                    next_attempt_at=bindparam("b_next"), last_http_status=bindparam("b_http"),
+                    last_ocpi_status=bindparam("b_ocpi"), last_error=bindparam("b_error"),
+                    claimed_by=None, claimed_until=None, updated_at=now)
+        )
+        params = [
+            {"b_id": o.id, "b_owner": owner, "b_state": o.state, "b_attempts": o.attempts, "b_next": o.next_attempt_at,
+             "b_http": o.http_status, "b_ocpi": o.ocpi_status, "b_error": o.error}
+            for o in outcomes
+        ]
+        await self._write(stmt, params)
+
+    async def reap_expired(self) -> int:
+        """Rows whose claimer vanished (lease over) become ``pending`` again; no attempt is counted."""
+        now = now_utc()
+        probe = (
+            select(literal(1)).select_from(DELIVERY)
+            .where(DELIVERY.c.state == "in_flight", DELIVERY.c.claimed_until < now).limit(1)
+        )
+        if not await self._read(probe):
+            return 0
+        stmt = (
+            update(DELIVERY)
+            .where(DELIVERY.c.state == "in_flight", DELIVERY.c.claimed_until < now)
+            .values(state="pending", claimed_by=None, claimed_until=None, updated_at=now)
+            .returning(DELIVERY.c.id)
+        )
+        return len(await self._write(stmt, rows=True))
+
+    async def counts(self) -> dict[str, tuple[int, int]]:
+        """(pending + in_flight, dead) per target, for the gauges; done rows are not scanned."""
+        stmt = (
+            select(DELIVERY.c.target, DELIVERY.c.state, func.count())
+            .where(DELIVERY.c.state.in_((*OPEN_STATES, "dead")))
+            .group_by(DELIVERY.c.target, DELIVERY.c.state)
+        )
+        out: dict[str, tuple[int, int]] = {}
+        for target, state, count in await self._read(stmt):
+            depth, dead = out.get(target, (0, 0))
+            out[target] = (depth, dead + int(count)) if state == "dead" else (depth + int(count), dead)
+        return out
+
+    # -- the operator's side ----------------------------------------------------------------------
+    async def list_rows(self, state: str | None = None, target: str | None = None,
+                        limit: int = 1000) -> list[DeliveryRecord]:
+        """Outbox rows (of one state and/or target), oldest first."""
+        stmt = select(DELIVERY)
+        if state is not None:
+            stmt = stmt.where(DELIVERY.c.state == state)
+        if target is not None:
+            stmt = stmt.where(DELIVERY.c.target == target)
+        return [_record(r) for r in await self._read(stmt.order_by(DELIVERY.c.id).limit(limit))]
+
+    async def list_dead(self, target: str | None = None, limit: int = 1000) -> list[DeliveryRecord]:
+        """Dead deliveries, oldest first."""
+        return await self.list_rows("dead", target, limit)
+
+    async def get(self, delivery_id: int) -> tuple[DeliveryRecord, EventRecord | None] | None:
+        """One delivery row (any state) with its event."""
+        rows = await self._read(select(DELIVERY).where(DELIVERY.c.id == delivery_id))
+        if not rows:
+            return None
+        rec = _record(rows[0])
+        events = await self.events([rec.seq])
+        return rec, events.get(rec.seq)
+
+    async def retry_dead(self, ids: Sequence[int] | None, target: str | None = None) -> list[int]:
+        """Dead rows (the given ids, or all) back to ``pending`` now, with the attempt count reset."""
+        now = now_utc()
+        stmt = update(DELIVERY).where(DELIVERY.c.state == "dead")
+        if ids is not None:
+            if not ids:
+                return []
+            stmt = stmt.where(DELIVERY.c.id.in_(list(ids)))
+        if target is not None:
+            stmt = stmt.where(DELIVERY.c.target == target)
+        stmt = stmt.values(state="pending", attempts=0, next_attempt_at=now, claimed_by=None, claimed_until=None,
+                           updated_at=now).returning(DELIVERY.c.id)
+        return sorted(int(r[0]) for r in await self._write(stmt, rows=True))
+
+    async def enqueue_missing(self, rows: Sequence[NewOutboxRow]) -> int:
+        """Insert the rows that have no ``pending``/``in_flight`` twin (same seq, target, rule) yet.
+
+        The check and the insert share one transaction; on SQLite that makes two concurrent replays
+        safe, on PostgreSQL two replays racing on the same range may both insert (at-least-once anyway).
+        """
+        if not rows:
+            return 0
+        now = now_utc()
+        lo, hi = min(r.seq for r in rows), max(r.seq for r in rows)
+        targets = sorted({r.target for r in rows})
+        existing = (
+            select(DELIVERY.c.seq, DELIVERY.c.target, DELIVERY.c.rule)
+            .where(DELIVERY.c.seq.between(lo, hi), DELIVERY.c.target.in_(targets),
+                   DELIVERY.c.state.in_(OPEN_STATES))
+        )
+
+        async def _go() -> int:
+            async with self.store.write_engine.begin() as conn:
+                have = {(s, t, r) for s, t, r in await conn.execute(existing)}
+                new = [r for r in rows if (r.seq, r.target, r.rule) not in have]
+                if new:
+                    await conn.execute(DELIVERY.insert(), [
+                        {"seq": r.seq, "target": r.target, "rule": r.rule, "object_key": r.object_key,
+                         "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
+                         "updated_at": now}
+                        for r in new
+                    ])
+                return len(new)
+
+        try:
+            if self._write_lock is None:
+                return await _go()
+            async with self._write_lock:
+                return await _go()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"outbox write failed: {type(exc).__name__}: {_short(exc)}") from exc
+
+
+__all__ = ["ClaimedDelivery", "DeliveryRecord", "NewOutboxRow", "Outbox", "OutcomeWrite"]
