@@ -1,0 +1,137 @@
+"""Outbox claims on both databases: per-object order, dead rows, leases, two claimers at once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from relay.store import SqlStore, open_store
+from relay.store.outbox import ClaimedDelivery, NewOutboxRow, Outbox, OutcomeWrite
+from tests.conftest import eventually
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    s = open_store(database_url)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _queue(outbox: Outbox, objects: int, per_object: int, target: str = "t") -> None:
+    rows = [NewOutboxRow(seq, target, "r", f"sessions/NL/GFX/o{seq % objects}")
+            for seq in range(1, objects * per_object + 1)]
+    assert await outbox.enqueue_missing(rows) == len(rows)
+
+
+async def _finish(outbox: Outbox, claimed: list[ClaimedDelivery], state: str = "done", owner: str = "w1") -> None:
+    await outbox.record([OutcomeWrite(c.id, state, c.attempts + 1, _now()) for c in claimed], owner)
+
+
+async def test_a_claim_takes_only_the_oldest_open_row_of_each_object(store: SqlStore) -> None:
+    outbox = Outbox(store)
+    await _queue(outbox, objects=2, per_object=3)  # o1: seq 1, 3, 5; o0: seq 2, 4, 6
+    first = await outbox.claim("t", 10, "w1", 30)
+    assert [(c.seq, c.object_key) for c in first] == [(1, "sessions/NL/GFX/o1"), (2, "sessions/NL/GFX/o0")]
+    assert await outbox.claim("t", 10, "w1", 30) == []  # both objects have a row in flight
+    await _finish(outbox, first[:1])
+    assert [c.seq for c in await outbox.claim("t", 10, "w1", 30)] == [3]
+    assert await outbox.claim("other-target", 10, "w1", 30) == []
+
+
+async def test_a_row_waiting_for_its_retry_still_blocks_its_object(store: SqlStore) -> None:
+    outbox = Outbox(store)
+    await _queue(outbox, objects=1, per_object=2)
+    (row,) = await outbox.claim("t", 10, "w1", 30)
+    await outbox.record([OutcomeWrite(row.id, "pending", 1, _now() + timedelta(seconds=60), 503, None, "HTTP 503")], "w1")
+    assert await outbox.claim("t", 10, "w1", 30) == []  # seq 2 must not overtake seq 1
+
+
+async def test_a_dead_row_does_not_block_later_rows_and_its_retry_waits_for_them(store: SqlStore) -> None:
+    outbox = Outbox(store)
+    await _queue(outbox, objects=1, per_object=2)
+    (first,) = await outbox.claim("t", 10, "w1", 30)
+    await _finish(outbox, [first], state="dead")
+    (second,) = await outbox.claim("t", 10, "w1", 30)
+    assert second.seq == 2
+    assert await outbox.retry_dead(None) == [first.id]
+    # the retried row is older, but the object has a row in flight: nothing is claimable
+    assert await outbox.claim("t", 10, "w1", 30) == []
+    await _finish(outbox, [second])
+    again = await outbox.claim("t", 10, "w1", 30)
+    assert [(c.id, c.attempts) for c in again] == [(first.id, 0)]
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_owner_can_no_longer_record(store: SqlStore) -> None:
+    outbox = Outbox(store)
+    await _queue(outbox, objects=1, per_object=1)
+    (row,) = await outbox.claim("t", 10, "crashed", lease=0.05)
+
+    async def reaped() -> bool:
+        return await outbox.reap_expired() == 1
+
+    await eventually(reaped, timeout=5)
+    (again,) = await outbox.claim("t", 10, "w2", 30)
+    assert again.id == row.id and again.attempts == 0
+    await outbox.record([OutcomeWrite(row.id, "dead", 1, _now(), error="late")], "crashed")  # fenced off
+    await _finish(outbox, [again], owner="w2")
+    (rec,) = await outbox.list_rows()
+    assert rec.state == "done" and rec.last_error is None
+
+
+async def test_replay_rows_are_not_queued_twice_while_open(store: SqlStore) -> None:
+    outbox = Outbox(store)
+    rows = [NewOutboxRow(s, "t", "r", f"k{s}") for s in (1, 2, 3)]
+    assert await outbox.enqueue_missing(rows) == 3
+    assert await outbox.enqueue_missing(rows) == 0
+    claimed = await outbox.claim("t", 10, "w1", 30)
+    assert await outbox.enqueue_missing(rows) == 0  # in flight counts as open
+    await _finish(outbox, claimed)
+    assert await outbox.enqueue_missing(rows) == 3  # delivered: a replay sends it again
+
+
+async def test_two_claimers_never_share_a_row_nor_an_object_and_keep_seq_order(database_url: str,
+                                                                                store: SqlStore) -> None:
+    """Two stores = two replicas (separate pools; on PostgreSQL the claims really run in parallel)."""
+    other = open_store(database_url)
+    try:
+        outboxes = [Outbox(store), Outbox(other)]
+        await _queue(outboxes[0], objects=6, per_object=8)
+        in_flight: dict[str, str] = {}
+        done_order: dict[str, list[int]] = {}
+        claimed_ids: list[int] = []
+
+        async def worker(outbox: Outbox, name: str) -> None:
+            idle = 0
+            while idle < 20:
+                got = await outbox.claim("t", 3, name, 30)
+                if not got:
+                    idle += 1
+                    await asyncio.sleep(0.01)
+                    continue
+                idle = 0
+                for c in got:
+                    assert c.object_key not in in_flight, f"{c.object_key} claimed by {in_flight.get(c.object_key)} and {name}"
+                    in_flight[c.object_key] = name
+                    claimed_ids.append(c.id)
+                await asyncio.sleep(random.uniform(0, 0.01))
+                for c in got:
+                    done_order.setdefault(c.object_key, []).append(c.seq)
+                    del in_flight[c.object_key]
+                await _finish(outbox, got, owner=name)
+
+        await asyncio.gather(worker(outboxes[0], "w1"), worker(outboxes[1], "w2"))
+        assert sorted(claimed_ids) == list(range(1, 49))
+        assert all(seqs == sorted(seqs) and len(seqs) == 8 for seqs in done_order.values())
+    finally:
+        await other.close()

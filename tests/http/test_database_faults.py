@@ -1,0 +1,52 @@
+"""The receiver while its database is unreachable: 3000-class answers, never 1000, and recovery."""
+
+from __future__ import annotations
+
+import copy
+
+import asyncpg
+import pytest
+
+from tests.conftest import LOC_ID, PG_ADMIN_URL, RelayHandle, eventually, example
+
+pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+
+
+async def _set_connections(db_url: str, allowed: bool) -> None:
+    name = db_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {"true" if allowed else "false"}')
+        if not allowed:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+    finally:
+        await conn.close()
+
+
+async def test_unreachable_database_answers_3000_then_recovers(relay: RelayHandle) -> None:
+    url = relay.settings.database_url
+    ok = await relay.put(f"/locations/NL/GFX/{LOC_ID}", example("location_full.json"))
+    assert ok.body["status_code"] == 1000
+    await _set_connections(url, allowed=False)
+    try:
+        answers = []
+        for i in range(5):
+            body = copy.deepcopy(example("location_full.json"))
+            body["id"] = f"down-{i}"
+            answers.append(await relay.put(f"/locations/NL/GFX/down-{i}", body))
+        assert all(a.body["status_code"] == 3000 and a.status in (500, 503) for a in answers), [
+            (a.status, a.body) for a in answers
+        ]
+        async with relay.http.get(relay.url + "/readyz") as r:
+            assert r.status == 503
+    finally:
+        await _set_connections(url, allowed=True)
+
+    async def recovered() -> bool:
+        body = copy.deepcopy(example("location_full.json"))
+        body["id"] = "after"
+        return (await relay.put("/locations/NL/GFX/after", body)).body["status_code"] == 1000
+
+    await eventually(recovered, timeout=30, interval=0.5)
+    ids = {s.key.object_id for s in await relay.store.list_states("locations", None, None, 100)}
+    assert ids == {LOC_ID, "after"}  # nothing answered 3000 was stored, everything answered 1000 was
