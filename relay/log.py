@@ -65,6 +65,11 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+# Ports chosen at start (`http_listening`, `grpc_listening`) go through this logger, which stays at
+# INFO whatever RELAY_LOG_LEVEL is: scripts and tests read the ports from these lines.
+ports_logger = logging.getLogger("relay.ports")
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Route relay, uvicorn and grpc loggers through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -78,5 +83,6 @@ def setup_logging(level: str = "INFO") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    ports_logger.setLevel(logging.INFO)
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)

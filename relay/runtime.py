@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 
 from relay.http.app import create_app
+from relay.log import ports_logger
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import SqlStore, open_store
@@ -66,7 +67,7 @@ def http_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: R
         server = _Server(config)
         sock = bind(settings.http_host, settings.http_port)
         info.ports["http"] = sock.getsockname()[1]
-        logger.info("http_listening", extra={"host": settings.http_host, "port": info.ports["http"]})
+        ports_logger.info("http_listening", extra={"host": settings.http_host, "port": info.ports["http"]})
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.01)

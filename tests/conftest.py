@@ -233,3 +233,64 @@ async def relay(relay_settings: Settings) -> AsyncIterator[RelayHandle]:
         yield handle
     finally:
         await stop_relay(handle)
+
+
+# -- a relay as a separate process (crash, replica and CLI tests) ------------------------------------
+
+
+@dataclass
+class RelayProcess:
+    proc: asyncio.subprocess.Process
+    ports: dict[str, int]
+    log: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a power cut or an OOM kill."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+    async def stop(self, timeout: float = 30) -> int:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+async def spawn_relay(env: dict[str, str], *args: str, want: tuple[str, ...] = ("http",)) -> RelayProcess:
+    """Start `relay serve` on ephemeral ports and wait for its ``*_listening`` log lines."""
+    import sys
+
+    full_env = {**os.environ, "RELAY_HTTP_PORT": "0", "RELAY_GRPC_PORT": "0", **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "serve", *args, env=full_env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    handle = RelayProcess(proc, {}, [])
+
+    async def read_ports() -> None:
+        assert proc.stderr is not None
+        while not set(want) <= handle.ports.keys():
+            line = await proc.stderr.readline()
+            if not line:
+                raise AssertionError("relay exited before listening:\n" + "".join(handle.log))
+            text = line.decode(errors="replace")
+            handle.log.append(text)
+            try:
+                rec = json.loads(text)
+            except ValueError:
+                continue
+            if rec.get("event") in ("http_listening", "grpc_listening"):
+                handle.ports[rec["event"].split("_")[0]] = int(rec["port"])
+
+    await asyncio.wait_for(read_ports(), 60)
+
+    async def drain() -> None:  # keep reading so the pipe never fills up
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            handle.log.append(line.decode(errors="replace"))
+
+    asyncio.get_running_loop().create_task(drain())
+    return handle
