@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -14,7 +15,8 @@ import orjson
 from relay.errors import ConfigError, OcpiError
 from relay.ingest import Ingestor, Push, Source
 from relay.ocpi.paths import resolve
-from relay.routing.config import check_config as _check, describe, load_config
+from relay.routing.config import check_config as _check
+from relay.routing.config import describe, load_config
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import SqlStore, open_store
@@ -135,6 +137,8 @@ async def rejected_replay(settings: Settings, ids: list[int], *, replay_all: boo
 
 
 async def _replay_one(store: SqlStore, ingestor: Ingestor, holder: ConfigHolder, rec: Any) -> tuple[bool, int, str]:
+    if rec.origin == "pull":
+        return await _replay_pulled(store, ingestor, holder, rec)
     sub = next((s for s in holder().subscriptions if s.name == rec.subscription), None)
     if sub is None:
         reason = f"subscription {rec.subscription!r} no longer exists in the config"
@@ -149,6 +153,25 @@ async def _replay_one(store: SqlStore, ingestor: Ingestor, holder: ConfigHolder,
         method=rec.method, path=rec.path, address=address, body=rec.body, source=Source.of(sub),
         origin="replay", request_id=rec.request_id, received_at=rec.received_at, replay_of=rec.id,
     ))
+    return outcome.ok, outcome.status_code, outcome.message
+
+
+async def _replay_pulled(store: SqlStore, ingestor: Ingestor, holder: ConfigHolder, rec: Any) -> tuple[bool, int, str]:
+    """A refused pulled object goes through the pull's own mapping again (its path is the sender's)."""
+    from relay.pull.sync import pulled_push
+
+    source = holder().pull_source(rec.subscription or "")
+    if source is None or rec.module is None:
+        reason = f"pull source {rec.subscription!r} no longer exists in the config"
+        await store.update_rejected_reason(rec.id, 403, 2000, reason)
+        return False, 2000, reason
+    try:
+        obj = orjson.loads(rec.body)
+    except orjson.JSONDecodeError:
+        return False, 2001, "body is not valid JSON"
+    push = dataclasses.replace(pulled_push(source, rec.module, obj, rec.received_at), origin="replay",
+                               replay_of=rec.id, request_id=rec.request_id)
+    outcome = await ingestor.handle(push)
     return outcome.ok, outcome.status_code, outcome.message
 
 

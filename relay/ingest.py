@@ -7,6 +7,7 @@ Refusals (scope, validation, immutability) are stored in ``rejected`` through th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -155,7 +156,7 @@ class Ingestor:
         if addr.country_code is not None:
             check_path_ids(addr.module, addr.country_code, addr.party_id, [v for _, v in addr.id_names()])
             self._check_cpo(src, addr.country_code, addr.party_id)
-        elif addr.object_id is not None:
+        elif addr.object_id is not None and addr.module in ("cdrs", "notifications", "chargestationnotifications"):
             check_path_ids(addr.module, None, None, [addr.object_id])
         body = self._parse(push) if push.method != "DELETE" else {}
         normalised = body
@@ -167,6 +168,9 @@ class Ingestor:
             self._check_cpo(src, cc, party)
         if object_id is None:
             object_id = self._object_id(addr, body, push.body)
+        if addr.country_code is None and addr.module not in ("cdrs", "notifications", "chargestationnotifications"):
+            # a pulled 2.1.1 object: its ids are checked once its CPO and id are known
+            check_path_ids(addr.module, cc, party, [object_id])
         key = StateKey(addr.module, cc, party, object_id)
         if addr.module == "cdrs":
             existing = await self.store.find_states("cdrs", object_id, case_insensitive=True)
@@ -180,6 +184,8 @@ class Ingestor:
         op = _PushOp(self, push, key, normalised, lu, self.config())
         plan = await self.store.submit(op)
         outcome: Outcome = plan.result
+        if plan.seq is not None:
+            outcome = dataclasses.replace(outcome, seq=plan.seq)
         if outcome.status == "rejected":
             metrics.REJECTED.labels(addr.module, str(outcome.http_status)).inc()
         else:
@@ -319,7 +325,8 @@ class _PushOp:
         if decision.status == merge.IDENTICAL or (decision.status == merge.STALE and push.origin == "pull"):
             return self._identical(decision.status)
         applied = decision.status == merge.APPLIED
-        action = ACTIONS[push.method]
+        # a pulled session merges as PATCH and is recorded (and mirrored to partners) as one
+        action = ACTIONS[method]
         obj_text = orjson.dumps(decision.object).decode() if applied and decision.object is not None else None
         event = NewEvent(
             module=key.module, action=action, country_code=key.country_code, party_id=key.party_id,

@@ -100,7 +100,7 @@ def _truncate_pg(url: str) -> None:
     async def _go() -> None:
         conn = await asyncpg.connect(url, timeout=5)
         try:
-            await conn.execute("TRUNCATE event, state, delivery, consumer, rejected RESTART IDENTITY")
+            await conn.execute("TRUNCATE event, state, delivery, consumer, rejected, pull_position RESTART IDENTITY")
         finally:
             await conn.close()
 

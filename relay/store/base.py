@@ -146,7 +146,7 @@ class Plan:
 
     ``event`` is appended (and gets a seq), ``states`` are upserted with ``last_seq`` = that seq,
     ``deliveries`` reference the event, ``rejected`` is kept, ``result`` goes back to the caller
-    (a callable receiving the assigned seq, or a plain value).
+    unchanged, and ``seq`` is filled in once the event is numbered.
     """
 
     event: NewEvent | None = None

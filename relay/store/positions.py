@@ -72,7 +72,8 @@ async def set_position(
         index_elements=["source", "module"], set_={c: ins.excluded[c] for c in changing}
     )
     try:
-        async with store.engine.begin() as conn:
+        # the write engine: on SQLite its transactions begin IMMEDIATE, like every other writer's
+        async with store.write_engine.begin() as conn:
             await conn.execute(stmt)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"writing the pull position of {source}/{module} failed: {type(exc).__name__}") from exc

@@ -94,9 +94,10 @@ class FakeSender:
     port: int = 0
     max_limit: int = 1000  # the server caps ``limit`` like a real sender may
     send_link: bool = True
+    link_base: str | None = None  # another base URL for Link headers (a misbehaving sender)
     objects: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {m: [] for m in MODULES})
     requests: list[Received] = field(default_factory=list)
-    failures: dict[int, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    failures: dict[int, tuple[int, int, dict[str, str]]] = field(default_factory=dict)
     # called with each authorised request before it is answered: lets a test change data between pages
     before_page: Callable[[Received], None] | None = None
 
@@ -113,9 +114,11 @@ class FakeSender:
                 return
         items.append(copy.deepcopy(obj))
 
-    def fail(self, request_number: int, status: int = 503, headers: dict[str, str] | None = None) -> None:
-        """Answer the ``request_number``-th request (1-based, over every module) with ``status``."""
-        self.failures[request_number] = (status, headers or {})
+    def fail(self, request_number: int, status: int = 503, headers: dict[str, str] | None = None, *,
+             ocpi_code: int = 3000) -> None:
+        """Answer the ``request_number``-th request (1-based, over every module) with HTTP ``status``
+        and an envelope carrying ``ocpi_code``."""
+        self.failures[request_number] = (status, ocpi_code, headers or {})
 
     def queries(self, module: str) -> list[dict[str, str]]:
         return [r.query for r in self.requests if r.module == module]
@@ -131,7 +134,7 @@ class FakeSender:
             return _envelope(None, 2000, "Unauthorized: unknown token", status=401)
         scripted = self.failures.get(len(self.requests))
         if scripted is not None:
-            return _envelope(None, 3000, "temporarily unavailable", status=scripted[0], headers=scripted[1])
+            return _envelope(None, scripted[1], "scripted failure", status=scripted[0], headers=scripted[2])
         if module not in self.objects:
             return _envelope(None, 2000, f"unknown module {module}", status=404)
         if self.before_page is not None:
@@ -150,7 +153,7 @@ class FakeSender:
         headers = {"X-Total-Count": str(len(items)), "X-Limit": str(limit)}
         if self.send_link and offset + len(page) < len(items):
             nxt = {**q, "offset": str(offset + len(page)), "limit": str(limit)}
-            headers["Link"] = f'<{self.url}/{module}?{urlencode(nxt)}>; rel="next"'
+            headers["Link"] = f'<{self.link_base or self.url}/{module}?{urlencode(nxt)}>; rel="next"'
         return _envelope(page, 1000, "Success", headers=headers)
 
 

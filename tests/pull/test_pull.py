@@ -159,8 +159,9 @@ async def test_401_stops_the_pass_with_a_message_naming_the_source_but_not_the_t
         assert SOURCE in (summary.error or "") and "401" in (summary.error or "")
         assert PULL_TOKEN not in (summary.error or "")
     assert await _events(relay) == 0
-    assert await get_position(relay.store, SOURCE, "locations") is not None  # the failure is recorded ...
-    assert (await get_position(relay.store, SOURCE, "locations")).position is None  # ... the position not
+    recorded = await get_position(relay.store, SOURCE, "locations")
+    assert recorded is not None and (recorded.last_status or "").startswith("failed")  # the failure is kept,
+    assert recorded.position is None  # the position is not set: the next pass is a full one again
 
 
 async def test_incremental_pull_asks_from_the_stored_position(relay: RelayHandle, sender: FakeSender,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import open_store
 from relay.store.base import StateKey
+from relay.store.positions import get_positions
 from tests.conftest import eventually, start_relay, stop_relay
 from tests.pull.conftest import PULL_TOKEN, SOURCE, FakeSender, at, location
 
@@ -110,3 +112,30 @@ async def test_relay_pull_with_an_unknown_source_is_a_usage_error(database_url: 
     assert code == 2
     assert "no pull source named 'nope'" in err and SOURCE in err
     assert sender.requests == []
+
+
+async def test_relay_pull_without_once_runs_the_schedule_until_interrupted(
+    database_url: str, config_path: Path, sender: FakeSender
+) -> None:
+    await _migrated(database_url)
+    _fill(sender, 3)
+    env = {**os.environ, "RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(config_path),
+           "TEST_PULL_TOKEN": PULL_TOKEN}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "pull", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    store = open_store(database_url)
+    try:
+        async def every_module_pulled() -> bool:
+            positions = await get_positions(store, SOURCE)
+            return all((positions[m].last_status or "").startswith("ok") for m in
+                       ("locations", "sessions", "cdrs", "tariffs") if m in positions) and len(positions) == 4
+
+        await eventually(every_module_pulled, timeout=30)
+    finally:
+        await store.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert '"event":"pull finished"' in err.decode()

@@ -1,0 +1,291 @@
+"""One pull pass of a source: fetch every page of each module, ingest each object like a push
+(origin ``pull``), count what changed, and move the module's position after a successful pass.
+
+Position rule: after a successful module pass the next ``date_from`` is
+``min(newest last_updated seen, pass start - SAFETY_OVERLAP)``. The newest ``last_updated`` is on
+the sender's clock, so a sender clock behind ours cannot make us skip what it changes next; the pass
+start minus the overlap covers objects changed on pages already read while the pass ran (their
+new ``last_updated`` is later than the start but can be earlier than the newest one seen), plus a
+minute of clock skew. A pass that saw nothing keeps the old position; a failed pass never moves it.
+Re-reading the overlap is cheap: identical objects create nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import orjson
+
+from relay import metrics
+from relay.errors import OcpiError, StoreError
+from relay.ingest import Ingestor, Outcome, Push, Source
+from relay.ocpi.paths import Address
+from relay.ocpi.validate import parse_datetime
+from relay.pull.client import Page, PullAuthError, PullError, RetryPolicy, SenderClient
+from relay.routing.config import CpoPattern, PullSource
+from relay.store import SqlStore
+from relay.store.positions import PullPosition, existing_ids, get_positions, rejected_hashes, set_position
+
+logger = logging.getLogger(__name__)
+
+SAFETY_OVERLAP = timedelta(minutes=1)
+# How far back refusals of this source are looked up, so that re-reading an unchanged invalid object
+# in the overlap does not refuse it again (wide: `date_from` is the sender's clock, `received_at` ours).
+REJECTED_LOOKBACK = timedelta(days=1)
+# OCPI 2.1.1 makes date_from mandatory on the sessions list; a full pull asks from the epoch.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LEVELS = {"locations": "location", "sessions": "session", "cdrs": "cdr", "tariffs": "tariff"}
+# Objects ingested at once: one group commit takes them together (Settings.batch_max defaults to 512).
+INGEST_CHUNK = 512
+ANY_CPO = (CpoPattern("*", "*"),)
+
+Progress = Callable[["ModuleSummary"], None]
+
+
+@dataclass
+class ModuleSummary:
+    """What one module pass did; ``error`` is set when it failed (its position did not move)."""
+
+    source: str
+    module: str
+    full: bool
+    date_from: datetime | None = None
+    fetched: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    total: int | None = None  # the sender's latest X-Total-Count
+    seconds: float = 0.0
+    position: datetime | None = None
+    error: str | None = None
+    auth_failed: bool = False  # the sender refused the token: later modules are not tried
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def line(self) -> str:
+        """The one-line summary `relay pull --once` prints."""
+        text = (f"{self.source} {self.module}: fetched={self.fetched} new={self.new} changed={self.changed} "
+                f"unchanged={self.unchanged} rejected={self.rejected} seconds={self.seconds:.2f} "
+                f"({'full' if self.full else 'incremental'})")
+        return text if self.ok else f"{text} FAILED: {self.error}"
+
+
+def ingest_source(source: PullSource) -> Source:
+    """The ingest Source of a pull: pull sources are trusted configuration, so any CPO is allowed;
+    objects without party fields fall back to the source's ``default_cpo``."""
+    return Source(name=source.name, modules=frozenset(source.modules), cpos=ANY_CPO,
+                  default_cpo=source.default_cpo)
+
+
+def pulled_push(source: PullSource, module: str, obj: Any, received_at: datetime) -> Push:
+    """A pulled object as the Push ingest understands.
+
+    Locations, sessions and tariffs are a PUT of the whole object; a CDR is a POST to ``/cdrs``.
+    Sessions merge as PATCH: GreenFlux serves them only completed and aggregated, without the
+    charging periods that only pushes carry (OCPI-2.1.1-receiver.md §14 #16), so a pull must not
+    erase them; an empty or null ``charging_periods`` is left out of the body for the same reason.
+    ``path`` (kept only on a refusal) is the receiver path when the body names its party, else the
+    sender's own path of the object below the source URL (``/locations/{id}``).
+    """
+    if module == "sessions" and isinstance(obj, dict) and not obj.get("charging_periods") \
+            and "charging_periods" in obj:
+        obj = {k: v for k, v in obj.items() if k != "charging_periods"}
+    body = orjson.dumps(obj)
+    fields = obj if isinstance(obj, dict) else {}
+    object_id = fields.get("id") if isinstance(fields.get("id"), str) else None
+    cc, party = fields.get("country_code"), fields.get("party_id")
+    has_party = isinstance(cc, str) and isinstance(party, str) and len(cc) == 2 and len(party) == 3
+    if module == "cdrs":
+        address = Address(module, "cdr", object_id=object_id)
+        method, path = "POST", "/cdrs"
+    elif has_party:
+        address = Address(module, LEVELS[module], cc, party, object_id)
+        method, path = "PUT", f"/{module}/{cc}/{party}/{object_id or ''}"
+    else:
+        # Without a party the ids come from the body and ingest attributes the object (2.2 fields,
+        # the stored location, else default_cpo). object_id stays None here: ingest checks a path
+        # object id together with a path party, which a pulled 2.1.1 object does not have.
+        address = Address(module, LEVELS[module])
+        method, path = "PUT", f"/{module}/{object_id}" if object_id else f"/{module}"
+    return Push(method=method, path=path, address=address, body=body, source=ingest_source(source),
+                origin="pull", received_at=received_at, merge_method="PATCH" if module == "sessions" else None)
+
+
+async def pull_source(
+    store: SqlStore, ingestor: Ingestor, source: PullSource, *, full: bool = False,
+    progress: Progress | None = None, retry: RetryPolicy | None = None,
+) -> list[ModuleSummary]:
+    """One pass over every module of ``source``; one HTTP session for the whole pass.
+
+    Incremental from each module's stored position unless ``full`` (or never pulled). A module that
+    fails is reported and the next one still runs, except after a 401/403: the token is wrong for
+    all of them, so the pass stops there instead of hammering the sender.
+    """
+    summaries: list[ModuleSummary] = []
+    positions = await get_positions(store, source.name)
+    connector = aiohttp.TCPConnector(limit=4)
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+        client = SenderClient(session, source, retry=retry)
+        for module in source.modules:
+            prior = positions.get(module)
+            if summaries and summaries[-1].auth_failed:
+                summaries.append(ModuleSummary(source.name, module, full, error=summaries[-1].error,
+                                               auth_failed=True))
+                continue
+            summaries.append(await _pull_module(store, ingestor, client, module, prior, full, progress))
+    return summaries
+
+
+async def _pull_module(
+    store: SqlStore, ingestor: Ingestor, client: SenderClient, module: str, prior: PullPosition | None,
+    full: bool, progress: Progress | None,
+) -> ModuleSummary:
+    source = client.source
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    date_from = None if full or prior is None else prior.position
+    summary = ModuleSummary(source.name, module, full=date_from is None, date_from=date_from)
+    try:
+        newest = await _Pass(store, ingestor, client, module, summary, progress).run(date_from)
+        summary.position = _next_position(prior.position if prior else None, newest, started)
+        summary.seconds = time.monotonic() - t0
+        await set_position(store, source.name, module, position=summary.position, run_at=started,
+                           status=f"ok: {summary.line()}")
+    except (PullError, StoreError) as err:
+        summary.seconds = time.monotonic() - t0
+        summary.error = str(err)
+        summary.auth_failed = isinstance(err, PullAuthError)
+        logger.error("pull failed", extra={"source": source.name, "ocpi_module": module, "error": str(err)})
+        try:
+            await set_position(store, source.name, module, position=None, run_at=started,
+                               status=f"failed: {err}", keep_position=True)
+        except StoreError:
+            logger.exception("could not record the failed pull", extra={"source": source.name})
+    logger.info("pull finished", extra={
+        "source": source.name, "ocpi_module": module, "full": summary.full, "fetched": summary.fetched,
+        "new": summary.new, "changed": summary.changed, "unchanged": summary.unchanged,
+        "rejected": summary.rejected, "seconds": round(summary.seconds, 3), "ok": summary.ok})
+    return summary
+
+
+def _next_position(previous: datetime | None, newest: datetime | None, started: datetime) -> datetime | None:
+    """See the module docstring: min(newest seen, start - overlap); unchanged when nothing was seen
+    (also after ``--full``: an empty answer says nothing about where the sender's changes are)."""
+    if newest is None:
+        return previous
+    return min(newest, started - SAFETY_OVERLAP)
+
+
+class _Pass:
+    """Fetches pages in one task and ingests them in another, so HTTP and commits overlap."""
+
+    def __init__(self, store: SqlStore, ingestor: Ingestor, client: SenderClient, module: str,
+                 summary: ModuleSummary, progress: Progress | None) -> None:
+        self.store, self.ingestor, self.client, self.module = store, ingestor, client, module
+        self.summary, self.progress = summary, progress
+        self.newest: datetime | None = None
+        self.seen: dict[str, Any] = {}  # id -> last_updated, to skip repeats when pages shift
+        self.known_bad: set[str] = set()
+
+    async def run(self, date_from: datetime | None) -> datetime | None:
+        """Ingest every page; returns the newest ``last_updated`` seen. Raises PullError/StoreError."""
+        if date_from is not None:
+            self.known_bad = await rejected_hashes(self.store, self.client.source.name, self.module,
+                                                   date_from - REJECTED_LOOKBACK)
+        ask_from = EPOCH if date_from is None and self.module == "sessions" else date_from
+        queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=2)
+        producer = asyncio.create_task(_produce(self.client.pages(self.module, ask_from), queue))
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                await self._ingest_page(item)
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+        return self.newest
+
+    async def _ingest_page(self, page: Page) -> None:
+        self.summary.total = page.total
+        logger.debug("pull page", extra={"source": self.client.source.name, "ocpi_module": self.module,
+                                         "url": page.url, "count": len(page.objects), "total": page.total,
+                                         "limit": page.limit})
+        fresh: list[Any] = []
+        for obj in page.objects:
+            key = obj.get("id") if isinstance(obj, dict) else None
+            lu = obj.get("last_updated") if isinstance(obj, dict) else None
+            if isinstance(key, str):
+                if key in self.seen and self.seen[key] == lu:
+                    continue  # the same version again: the list shifted under the crawl
+                self.seen[key] = lu
+            fresh.append(obj)
+            self._note_newest(lu)
+        known = await existing_ids(self.store, self.module,
+                                   [o["id"] for o in fresh if isinstance(o, dict) and isinstance(o.get("id"), str)])
+        received_at = datetime.now(UTC)
+        source = self.client.source
+        for i in range(0, len(fresh), INGEST_CHUNK):
+            chunk = fresh[i : i + INGEST_CHUNK]
+            pushes = [pulled_push(source, self.module, obj, received_at) for obj in chunk]
+            outcomes = await asyncio.gather(*(self._ingest(p) for p in pushes))
+            for obj, outcome in zip(chunk, outcomes, strict=True):
+                existed = isinstance(obj, dict) and obj.get("id") in known
+                self._count(outcome, existed)
+            self.summary.fetched += len(chunk)
+            if self.progress is not None:
+                self.progress(self.summary)
+
+    async def _ingest(self, push: Push) -> Outcome | None:
+        if self.known_bad and hashlib.sha256(push.body).hexdigest() in self.known_bad:
+            return None  # refused before and unchanged since: already in `rejected`
+        return await self.ingestor.handle(push)
+
+    def _count(self, outcome: Outcome | None, existed: bool) -> None:
+        source, s = self.client.source.name, self.summary
+        if outcome is None or outcome.status == "rejected":
+            s.rejected += 1
+            kind = "rejected"
+        elif outcome.status == "applied":
+            kind = "changed" if existed else "new"
+            if existed:
+                s.changed += 1
+            else:
+                s.new += 1
+            # a pull only applies what the stored state lacked: a push that never arrived
+            metrics.PULL_ONLY_CHANGES.labels(source, self.module).inc()
+        else:  # identical, or not newer than the stored state
+            s.unchanged += 1
+            kind = "unchanged"
+        metrics.PULL_OBJECTS.labels(source, kind).inc()
+
+    def _note_newest(self, lu: Any) -> None:
+        if lu is None:
+            return
+        try:
+            when = parse_datetime(lu, "last_updated")
+        except OcpiError:  # an unreadable timestamp is ingest's to refuse, not ours to order by
+            return
+        if self.newest is None or when > self.newest:
+            self.newest = when
+
+
+async def _produce(pages: AsyncIterator[Page], queue: asyncio.Queue[Page | BaseException | None]) -> None:
+    """Feed pages to the ingesting side; hand a failure over instead of raising it here."""
+    try:
+        async for page in pages:
+            await queue.put(page)
+    except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
+        await queue.put(exc)
+        return
+    await queue.put(None)
