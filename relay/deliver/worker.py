@@ -1,13 +1,516 @@
-"""Placeholder until the deliver part lands: serves nothing, stops when asked."""
+"""Delivery workers: one loop per target claims due outbox rows, sends them, records each outcome.
+
+Per target: at most ``concurrency`` chains sending at once, ``rate_limit`` requests/s (token
+bucket), and a circuit breaker that pauses a failing target and lets one probe through; each target
+has its own loop, so a slow or failing partner never holds up another. A claim commits before any
+send; each outcome is recorded in a new transaction (group-committed with the outcomes that finished
+meanwhile) before the object's next row goes out, so a crash can repeat a delivery but never reorder
+an object's deliveries (order rules: relay.store.outbox). Held rows have their lease renewed; rows of
+a dead worker are taken over once their lease ends.
+
+Wake-ups: new events committed by this process (or announced by PostgreSQL NOTIFY) kick every loop;
+otherwise each loop polls every POLL_INTERVAL, which also picks up rows that `relay dead retry` or
+`relay replay` added from another process. A config reload takes effect for new claims: a row whose
+rule is gone goes dead (it is never sent untransformed); a removed target's rows stay pending.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from relay import metrics
+from relay.deliver import senders
+from relay.deliver.backoff import (
+    CircuitBreaker,
+    Deferred,
+    Delivered,
+    Outcome,
+    Permanent,
+    Retryable,
+    Settlement,
+    TokenBucket,
+    settle,
+)
+from relay.errors import StoreError
+from relay.routing.config import RoutingConfig, Rule, Target
+from relay.store.base import EventRecord
+from relay.store.outbox import ClaimedDelivery, Outbox, OutcomeWrite
+from relay.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from relay.routing.holder import ConfigHolder
+    from relay.runtime import Part, RunInfo
+    from relay.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.25  # longest a due row waits when no wake-up arrives
+LEASE_MARGIN = 30.0  # lease = target.timeout + this, renewed every LEASE_RENEW while a row is held
+LEASE_RENEW = 10.0
+HOUSEKEEPING_INTERVAL = 2.0  # expired-lease takeover
+CHAIN_MAX = 16  # rows of one object one claim may take (sent one after another)
+MAX_CLAIM_ROWS = 256
+EVENT_CLAIM_GAP = 0.05  # new events trigger at most one claim per this many seconds
+GAUGE_INTERVAL = 2.0  # outbox depth / dead letter gauges (a grouped count over open and dead rows)
+DRAIN_GRACE = 10.0  # on stop, sends on the wire get this long to finish
+PAUSE_AFTER_ERROR = 1.0
+RECORD_TRIES = 3
 
 
-def delivery_part(settings: Any, store: Any, holder: Any, info: Any) -> Any:
+def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
+    """The runtime part: workers for every configured target until ``stop``, then drain."""
+
     async def part(stop: asyncio.Event) -> None:
-        await stop.wait()
+        # No connection cap in aiohttp: per-target concurrency is the limit, so a slow partner
+        # holding its connections cannot starve another target's sends.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
+            dispatcher = Dispatcher(Outbox(store), holder, session, owner=settings.instance,
+                                    claim_max=settings.delivery_concurrency)
+            holder.on_change(lambda _cfg: dispatcher.reconfigure())
+            await dispatcher.run(stop)
 
     return part
+
+
+class OutcomeWriter:
+    """Group commit for outcomes: whatever finished while the previous write ran goes in the next."""
+
+    def __init__(self, outbox: Outbox, owner: str) -> None:
+        self.outbox = outbox
+        self.owner = owner
+        self._queue: list[tuple[OutcomeWrite, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    async def record(self, write: OutcomeWrite) -> None:
+        """Returns once the outcome is committed (or given up on: the lease then brings the row back)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((write, future))
+        self._wake.set()
+        await future
+
+    def close(self) -> None:
+        """Finish what is queued, then let ``run`` return."""
+        self._closing = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._queue = self._queue, []
+            await self._commit([w for w, _ in batch])
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _commit(self, writes: list[OutcomeWrite]) -> None:
+        for attempt in range(1, RECORD_TRIES + 1):
+            try:
+                await self.outbox.record(writes, self.owner)
+                return
+            except StoreError as exc:
+                logger.warning("recording delivery outcomes failed", extra={"error": str(exc), "attempt": attempt})
+            except Exception:  # noqa: BLE001 - the senders wait on us: never die with their futures open
+                logger.exception("recording delivery outcomes failed", extra={"attempt": attempt})
+            await asyncio.sleep(0.5 * attempt)
+        logger.error("delivery outcomes not recorded; those rows are retried when their lease ends",
+                     extra={"count": len(writes)})
+
+
+class Dispatcher:
+    """Owns the target loops, the outcome writer, the wake-ups and the housekeeping."""
+
+    def __init__(self, outbox: Outbox, config: Callable[[], RoutingConfig], session: aiohttp.ClientSession, *,
+                 owner: str, claim_max: int = 16) -> None:
+        self.outbox = outbox
+        self.config = config
+        self.session = session
+        self.owner = owner
+        self.claim_max = max(1, claim_max)
+        self.writer = OutcomeWriter(outbox, owner)
+        self.loops: dict[str, TargetLoop] = {}
+        self._running: set[TargetLoop] = set()
+        self._reconfigured = asyncio.Event()
+        self._rules: tuple[RoutingConfig | None, dict[str, Rule]] = (None, {})
+        self._gauged: set[str] = set()
+        self._warned: set[tuple[int, str]] = set()
+
+    def reconfigure(self) -> None:
+        """Called by the config holder after a reload (SIGHUP or file change)."""
+        self._reconfigured.set()
+
+    def rule(self, cfg: RoutingConfig, name: str) -> Rule | None:
+        if self._rules[0] is not cfg:
+            self._rules = (cfg, {r.name: r for r in cfg.rules})
+        return self._rules[1].get(name)
+
+    def kick_all(self) -> None:
+        for loop in self._running:
+            loop.kick.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        writer = asyncio.create_task(self.writer.run(), name="deliver-outcomes")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._follow_events(stop), name="deliver-wakeup")
+                tg.create_task(self._housekeeping(stop), name="deliver-housekeeping")
+                self._reconcile(tg, stop)
+                while not stop.is_set():
+                    await _either(stop, self._reconfigured)
+                    self._reconfigured.clear()
+                    if not stop.is_set():
+                        self._reconcile(tg, stop)
+                self.kick_all()  # loops notice ``stop`` and drain
+        finally:
+            self.writer.close()
+            await writer
+
+    def _reconcile(self, tg: asyncio.TaskGroup, stop: asyncio.Event) -> None:
+        cfg = self.config()
+        names = {t.name for t in cfg.targets}
+        for target in cfg.targets:
+            loop = self.loops.get(target.name)
+            if loop is None:
+                loop = self.loops[target.name] = TargetLoop(target, self)
+                tg.create_task(self._run_loop(loop, stop), name=f"deliver-{target.name}")
+            else:
+                loop.update(target)
+        for name in [n for n in self.loops if n not in names]:
+            self.loops.pop(name).retire()
+            logger.warning("target removed from the config: its deliveries stay pending in the outbox",
+                           extra={"target": name})
+
+    async def _run_loop(self, loop: TargetLoop, stop: asyncio.Event) -> None:
+        self._running.add(loop)
+        try:
+            await loop.run(stop)
+        finally:
+            self._running.discard(loop)
+
+    async def _follow_events(self, stop: asyncio.Event) -> None:
+        """Kick every loop when new events (and with them new outbox rows) are committed."""
+        store = self.outbox.store
+        seen = store.latest_seq
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                waiting = asyncio.create_task(store.wait_for_events(seen, 1.0))
+                await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiting.done():
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiting
+                    return
+                try:
+                    latest = waiting.result()
+                except StoreError:
+                    await _sleep_unless(stop, PAUSE_AFTER_ERROR)
+                    continue
+                if latest > seen:
+                    seen = latest
+                    self.kick_all()
+        finally:
+            stopped.cancel()
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Renew our leases, take over rows whose claimer died (lease over), refresh the gauges."""
+        last_gauges = last_renew = time.monotonic()
+        last_gauges -= GAUGE_INTERVAL
+        while not stop.is_set():
+            try:
+                if time.monotonic() - last_renew >= LEASE_RENEW:
+                    last_renew = time.monotonic()
+                    for loop in list(self._running):
+                        await loop.renew()
+                taken = await self.outbox.reap_expired()
+                if taken:
+                    logger.warning("deliveries with an expired lease are pending again", extra={"count": taken})
+                    self.kick_all()
+                if time.monotonic() - last_gauges >= GAUGE_INTERVAL:
+                    last_gauges = time.monotonic()
+                    await self._refresh_gauges()
+            except StoreError as exc:
+                logger.warning("outbox housekeeping failed", extra={"error": str(exc)})
+            except Exception:  # noqa: BLE001 - keep the housekeeping alive whatever happens
+                logger.exception("outbox housekeeping failed")
+            await _sleep_unless(stop, HOUSEKEEPING_INTERVAL)
+
+    async def _refresh_gauges(self) -> None:
+        counts = await self.outbox.counts()
+        cfg = self.config()
+        for name in self._gauged - counts.keys():
+            metrics.OUTBOX_DEPTH.labels(name).set(0)
+            metrics.DEAD_LETTERS.labels(name).set(0)
+        for name, (depth, dead) in counts.items():
+            metrics.OUTBOX_DEPTH.labels(name).set(depth)
+            metrics.DEAD_LETTERS.labels(name).set(dead)
+            if depth and cfg.target(name) is None and (id(cfg), name) not in self._warned:
+                self._warned.add((id(cfg), name))
+                logger.warning("outbox holds deliveries for a target that is not in the config; they stay pending",
+                               extra={"target": name, "depth": depth})
+        self._gauged = set(counts)
+
+
+Chain = list[tuple[ClaimedDelivery, "EventRecord | None"]]
+
+
+class TargetLoop:
+    """Claims and sends for one target; ``target`` is swapped on reload, read again for every claim.
+
+    A claim takes up to CHAIN_MAX rows per object; each object's rows go out one after another in
+    one task (a *chain*), so a busy object costs one claim per chain instead of one per row. A chain
+    stops at a row that must wait (retry), and hands the rest back to ``pending`` untouched.
+    """
+
+    def __init__(self, target: Target, dispatcher: Dispatcher) -> None:
+        self.target = target
+        self.d = dispatcher
+        self.kick = asyncio.Event()
+        self.retired = False
+        self.stopping = False
+        self.ready: deque[Chain] = deque()  # claimed, not started
+        self.chains: set[asyncio.Task[None]] = set()
+        self.held: set[int] = set()  # claimed and not settled: their leases are renewed
+        self.sending = 0  # requests on the wire right now
+        self.breaker = CircuitBreaker(target.retry_base, target.retry_max)
+        self.bucket = TokenBucket(target.rate_limit, time.monotonic()) if target.rate_limit else None
+        # earliest retry this loop scheduled itself: wake for it rather than waiting for the next poll
+        self.retry_at: float | None = None
+        self.unblocked = False  # a chain finished since the last claim
+        self.last_claim = float("-inf")
+
+    def update(self, target: Target) -> None:
+        if target.rate_limit != self.target.rate_limit:
+            self.bucket = TokenBucket(target.rate_limit, time.monotonic()) if target.rate_limit else None
+        self.breaker.base, self.breaker.cap = target.retry_base, target.retry_max
+        self.target = target
+        self.kick.set()
+
+    def retire(self) -> None:
+        """Stop claiming (the target left the config); sends on the wire still finish."""
+        self.retired = True
+        self.kick.set()
+
+    async def renew(self) -> None:
+        """Lease heartbeat for every row this loop holds (queued, paced or being sent)."""
+        await self.d.outbox.extend(sorted(self.held), self.d.owner, self.target.timeout + LEASE_MARGIN)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        polled = True
+        try:
+            while not (stop.is_set() or self.retired):
+                self.kick.clear()
+                try:
+                    wait = await self._step(polled)
+                except StoreError as exc:
+                    logger.warning("claiming deliveries failed", extra={"target": self.target.name, "error": str(exc)})
+                    wait = PAUSE_AFTER_ERROR
+                except Exception:  # noqa: BLE001 - a bug here must not take the receiver down with it
+                    logger.exception("delivery loop failed", extra={"target": self.target.name})
+                    wait = PAUSE_AFTER_ERROR
+                if self.retry_at is not None:
+                    wait = min(wait, max(0.0, self.retry_at - time.monotonic()))
+                polled = True
+                if wait > 0 and not (stop.is_set() or self.retired):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.kick.wait(), wait)
+                        polled = False
+        finally:
+            self.stopping = True
+            await self._shutdown()
+
+    async def _step(self, polled: bool) -> float:
+        """Start what may start, claim more when the local queue runs low; returns how long to wait."""
+        target, now = self.target, time.monotonic()
+        if self.retry_at is not None and self.retry_at <= now:
+            self.retry_at = None
+        self._start_chains()
+        allowance = self.breaker.allowance(now, self.sending)
+        if allowance == 0 or len(self.ready) >= target.concurrency:
+            # a finishing chain kicks us; an open breaker says when it lets a probe through
+            return self.breaker.wait(now) or POLL_INTERVAL
+        # A timer poll first asks cheaply (a read) whether anything is due. A kick for new events goes
+        # straight on, at most every EVENT_CLAIM_GAP: under steady ingest the new rows mostly belong
+        # to objects already in flight, and a claim per commit would only find them blocked. A chain
+        # that finished unblocks its object, so that kick claims at once.
+        if polled and not await self.d.outbox.has_due(target.name):
+            return POLL_INTERVAL
+        if not polled and not self.unblocked and now - self.last_claim < EVENT_CLAIM_GAP:
+            return EVENT_CLAIM_GAP - (now - self.last_claim)
+        self.unblocked, self.last_claim = False, now
+        heads = 1 if allowance == 1 else max(1, min(self.d.claim_max,
+                                                     2 * target.concurrency - len(self.ready) - len(self.chains)))
+        rows = await self.d.outbox.claim(target.name, heads, self.d.owner, target.timeout + LEASE_MARGIN,
+                                         chain=CHAIN_MAX, max_rows=MAX_CLAIM_ROWS)
+        # a row of ours whose lease ran out (a stalled renewal) may come back: it is already in hand
+        rows = [r for r in rows if r.id not in self.held]
+        if not rows:
+            return POLL_INTERVAL
+        self.held.update(r.id for r in rows)
+        try:
+            events = await self.d.outbox.events(r.seq for r in rows)
+        except StoreError:
+            await self._release([r.id for r in rows])
+            raise
+        chains: dict[str, Chain] = {}
+        for row in rows:  # claim() sorts by (object, seq)
+            chains.setdefault(row.object_key, []).append((row, events.get(row.seq)))
+        self.ready.extend(chains.values())
+        self._start_chains()
+        return 0.0 if len(chains) >= heads else POLL_INTERVAL
+
+    def _start_chains(self) -> None:
+        while self.ready and len(self.chains) < self.target.concurrency:
+            allowance = self.breaker.allowance(time.monotonic(), self.sending)
+            if allowance == 0 or (allowance == 1 and self.chains):
+                return  # open, or half-open with its one probe already under way
+            chain = self.ready.popleft()
+            task = asyncio.create_task(self._run_chain(chain), name=f"deliver-{self.target.name}-{chain[0][0].id}")
+            self.chains.add(task)
+
+    async def _run_chain(self, chain: Chain) -> None:
+        sent_upto = 0
+        try:
+            for row, event in chain:
+                if self.stopping or self.retired or not await self._pace():
+                    break
+                self.sending += 1
+                try:
+                    outcome, sent = await self._attempt(row, event)
+                except Exception as exc:  # noqa: BLE001 - a bug here must not lose the row: retry it later
+                    logger.exception("delivery attempt failed unexpectedly",
+                                     extra={"target": row.target, "seq": row.seq})
+                    outcome, sent = Retryable(f"internal error: {type(exc).__name__}"), False
+                finally:
+                    self.sending -= 1
+                settled = self._settle(row, event, outcome, sent)
+                await self.d.writer.record(OutcomeWrite(
+                    row.id, settled.state, settled.attempts, settled.next_attempt_at, settled.http_status,
+                    settled.ocpi_status, settled.error,
+                ))
+                self.held.discard(row.id)
+                sent_upto += 1
+                if settled.state == "pending":
+                    break  # this row waits for its retry: the object's later rows wait behind it
+        finally:
+            rest = [row.id for row, _ in chain[sent_upto:]]
+            if rest:
+                await self._release(rest)
+            task = asyncio.current_task()
+            if task is not None:
+                self.chains.discard(task)
+            self.unblocked = True
+            self.kick.set()
+
+    async def _pace(self) -> bool:
+        """Wait for the rate limit; False when the breaker says no (the chain hands its rest back)."""
+        while True:
+            now = time.monotonic()
+            if self.breaker.allowance(now, self.sending) == 0:
+                return False
+            if self.bucket is None or self.bucket.take(1, now):
+                return True
+            await asyncio.sleep(self.bucket.wait(now))
+            if self.stopping or self.retired:
+                return False
+
+    async def _release(self, ids: list[int]) -> None:
+        self.held.difference_update(ids)
+        try:
+            await self.d.outbox.release(ids, self.d.owner)
+        except StoreError as exc:
+            logger.warning("handing back claimed deliveries failed; their lease will expire",
+                           extra={"target": self.target.name, "count": len(ids), "error": str(exc)})
+
+    async def _attempt(self, row: ClaimedDelivery, event: EventRecord | None) -> tuple[Outcome, bool]:
+        """(outcome, whether a request went out), under the config as it is now."""
+        cfg = self.d.config()
+        target = cfg.target(row.target)
+        if target is None:
+            # its rules went with it (a rule cannot name a missing target): wait for the target
+            return Deferred(f"target {row.target} is no longer in config"), False
+        rule = self.d.rule(cfg, row.rule)
+        if rule is None:
+            return Permanent(f"rule {row.rule} no longer in config"), False
+        if row.target not in rule.to:
+            return Permanent(f"rule {row.rule} no longer routes to target {row.target}"), False
+        if event is None:
+            return Permanent(f"event seq {row.seq} is no longer in the log"), False
+        return await senders.attempt(self.d.session, target, rule, row.id, event)
+
+    def _settle(self, row: ClaimedDelivery, event: EventRecord | None, outcome: Outcome, sent: bool) -> Settlement:
+        """The row's next state, plus the breaker, metrics and log lines that go with it."""
+        target, now = self.target, datetime.now(UTC)
+        settled = settle(outcome, row.attempts, sent, target.max_attempts, target.retry_base, target.retry_max, now)
+        fields = {"target": row.target, "delivery_id": row.id, "seq": row.seq, "attempt": settled.attempts}
+        if isinstance(outcome, Delivered):
+            self.breaker.success()
+            if event is not None:
+                metrics.DELIVERY_LATENCY.labels(row.target).observe(max(0.0, (now - event.received_at).total_seconds()))
+        elif isinstance(outcome, Retryable) and sent and self.breaker.failure(time.monotonic()):
+            logger.warning("target paused after repeated failures; a probe follows",
+                           extra={**fields, "pause_s": round(self.breaker.interval(), 3), "reason": outcome.reason})
+        elif isinstance(outcome, Permanent) and sent:
+            self.breaker.success()  # a definite refusal still proves the partner is up
+        if settled.state == "pending" and not isinstance(outcome, Deferred):
+            due = time.monotonic() + (settled.next_attempt_at - now).total_seconds()
+            self.retry_at = due if self.retry_at is None else min(self.retry_at, due)
+            logger.debug("delivery will be retried", extra={**fields, "reason": settled.error})
+        if settled.state == "dead":
+            logger.warning("delivery is dead", extra={**fields, "rule": row.rule, "reason": settled.error,
+                                                      "http_status": settled.http_status,
+                                                      "ocpi_status": settled.ocpi_status})
+        outcome_label = {"done": "delivered", "dead": "dead"}.get(settled.state, "retry")
+        if not isinstance(outcome, Deferred):
+            metrics.DELIVERIES.labels(row.target, outcome_label).inc()
+        return settled
+
+    async def _shutdown(self) -> None:
+        # chains not started go back to pending now: a restart or another replica takes them at once
+        queued = [row.id for chain in self.ready for row, _ in chain]
+        self.ready.clear()
+        if queued:
+            await self._release(queued)
+        if not self.chains:
+            return
+        # running chains stop after their current send; a send still out after the grace is cut off
+        # and its row handed back (the partner may then get it twice: at-least-once)
+        _, pending = await asyncio.wait(list(self.chains), timeout=DRAIN_GRACE)
+        if pending:
+            logger.warning("sends still running at shutdown were cut off; they will be sent again",
+                           extra={"target": self.target.name, "count": len(pending)})
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waits = [asyncio.create_task(a.wait()), asyncio.create_task(b.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+__all__ = ["Dispatcher", "OutcomeWriter", "TargetLoop", "delivery_part"]

@@ -1,28 +1,32 @@
 """Outbox SQL: claim due deliveries in per-object order, record outcomes, dead letters, replays.
 
-Order per (target, object): a row is claimable only while no other row of the same (target,
-object_key) is ``in_flight`` and no row with a smaller ``seq`` is ``pending``. A ``dead`` row does not
-block: later changes of that object go on (a partner that refuses one version still gets the newer
-ones; the operator sees the dead one in `relay dead list` and can retry it). Expired leases are
-turned back into ``pending`` by ``reap_expired`` so that a claim only ever looks at ``pending`` rows.
+Order per (target, object): a row can head a claim only while no other row of the same (target,
+object_key) is ``in_flight`` and no row before it in (seq, id) order is ``pending``; the same claim
+may take the object's next due rows behind it (a chain, sent one after another by one worker). A
+``dead`` row does not block: later changes of that object go on (a partner that refuses one version
+still gets the newer ones; the operator sees the dead one in `relay dead list` and can retry it).
+Expired leases are turned back into ``pending`` by ``reap_expired``, so claims only look at
+``pending`` rows.
 
-PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` so replicas never take the same row; a concurrent
-claim whose snapshot predates ours still sees the row as ``pending`` (and so keeps blocking the
-object's later rows) or, once our claim commits, re-checks it as ``in_flight`` and skips it. SQLite
-serialises every write transaction (the write engine begins IMMEDIATE), so the same statement is
-atomic there. Claims and outcomes are separate, short transactions: nothing is held across a send.
+PostgreSQL claims heads with ``FOR UPDATE SKIP LOCKED`` so replicas never take the same row: a
+concurrent claim whose snapshot predates ours still sees our head as ``pending`` (so it keeps
+blocking the object's later rows), and once our claim commits it re-checks the head as
+``in_flight`` and skips it. Only the owner of an object's head ever locks that object's other rows.
+SQLite serialises write transactions (the write engine begins IMMEDIATE), so a claim is atomic
+there. Claims and outcomes are separate, short transactions: nothing is held across a send.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.errors import StoreError
 from relay.store.base import EventRecord
@@ -30,6 +34,7 @@ from relay.store.sql import SqlStore, _event, now_utc
 from relay.store.tables import DELIVERY, EVENT
 
 OPEN_STATES = ("pending", "in_flight")
+T = TypeVar("T")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -135,19 +140,26 @@ class Outbox:
         self._write_lock = asyncio.Lock() if store.dialect == "sqlite" else None
 
     # -- plumbing --------------------------------------------------------------------------------
-    async def _write(self, stmt: Any, params: Any = None, *, rows: bool = False) -> list[Any]:
+    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in one short write transaction (IMMEDIATE on SQLite); driver errors -> StoreError."""
         try:
             if self._write_lock is None:
-                return await self._write_once(stmt, params, rows)
+                return await self._transaction_once(work)
             async with self._write_lock:
-                return await self._write_once(stmt, params, rows)
+                return await self._transaction_once(work)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"outbox write failed: {type(exc).__name__}: {_short(exc)}") from exc
 
-    async def _write_once(self, stmt: Any, params: Any, rows: bool) -> list[Any]:
+    async def _transaction_once(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self.store.write_engine.begin() as conn:
+            return await work(conn)
+
+    async def _write(self, stmt: Any, params: Any = None, *, rows: bool = False) -> list[Any]:
+        async def work(conn: AsyncConnection) -> list[Any]:
             result = await conn.execute(stmt, params) if params is not None else await conn.execute(stmt)
             return list(result.all()) if rows else []
+
+        return await self._transaction(work)
 
     async def _read(self, stmt: Any) -> list[Any]:
         try:
@@ -167,8 +179,11 @@ class Outbox:
         )
         return bool(await self._read(stmt))
 
-    async def claim(self, target: str, limit: int, owner: str, lease: float) -> list[ClaimedDelivery]:
-        """Take up to ``limit`` due rows of ``target`` (at most one seq per object) for ``lease`` seconds."""
+    async def claim(self, target: str, limit: int, owner: str, lease: float, *,
+                    chain: int = 1, max_rows: int = 256) -> list[ClaimedDelivery]:
+        """Take due rows of ``target`` for ``lease`` seconds: the oldest open row of up to ``limit``
+        objects, each followed by up to ``chain - 1`` later due rows of the same object (in seq
+        order, with no open row skipped), at most ``max_rows`` in all. Sorted by (object, seq)."""
         if limit <= 0:
             return []
         now = now_utc()
@@ -178,28 +193,92 @@ class Outbox:
             e.c.target == d.c.target,
             e.c.object_key == d.c.object_key,
             e.c.id != d.c.id,
-            or_(e.c.state == "in_flight", and_(e.c.state == "pending", e.c.seq < d.c.seq)),
+            # (seq, id) order: two rows of one event (two rules to one target) are ordered too, so a
+            # claimer never takes a head that another claimer's head is the twin of
+            or_(e.c.state == "in_flight",
+                and_(e.c.state == "pending", or_(e.c.seq < d.c.seq, and_(e.c.seq == d.c.seq, e.c.id < d.c.id)))),
         )
         candidates = (
             select(d.c.id)
             .where(d.c.state == "pending", d.c.target == target, d.c.next_attempt_at <= now, ~exists(blocker))
-            .order_by(d.c.next_attempt_at, d.c.id)
-            .limit(limit)
+            # next_attempt_at alone: the ix_delivery_due order, so LIMIT stops the scan early
+            .order_by(d.c.next_attempt_at)
+            .limit(min(limit, max_rows))
         )
-        if self.store.dialect == "postgresql":
+        postgres = self.store.dialect == "postgresql"
+        if postgres:
             candidates = candidates.with_for_update(skip_locked=True, of=d)
-        stmt = (
-            update(DELIVERY)
-            .where(DELIVERY.c.id.in_(candidates))
-            .values(state="in_flight", claimed_by=owner, claimed_until=until, updated_at=now)
-            .returning(DELIVERY.c.id, DELIVERY.c.seq, DELIVERY.c.target, DELIVERY.c.rule, DELIVERY.c.object_key,
-                       DELIVERY.c.attempts, DELIVERY.c.created_at)
-        )
-        rows = await self._write(stmt, rows=True)
+        returning = (DELIVERY.c.id, DELIVERY.c.seq, DELIVERY.c.target, DELIVERY.c.rule, DELIVERY.c.object_key,
+                     DELIVERY.c.attempts, DELIVERY.c.created_at)
+
+        def take(ids: Any) -> Any:
+            return (update(DELIVERY).where(DELIVERY.c.id.in_(ids))
+                    .values(state="in_flight", claimed_by=owner, claimed_until=until, updated_at=now)
+                    .returning(*returning))
+
+        async def work(conn: AsyncConnection) -> list[Any]:
+            heads = list((await conn.execute(take(candidates))).all())
+            room = max_rows - len(heads)
+            if chain <= 1 or not heads or room <= 0:
+                return heads
+            # Followers of each head: every other open row of those objects is pending (a head is
+            # claimable only when none is in flight), so the chain is the next pending rows by seq.
+            # Plain FOR UPDATE, never SKIP LOCKED here: a skipped row would open a gap in the chain.
+            rest = (
+                select(DELIVERY.c.id, DELIVERY.c.object_key, DELIVERY.c.seq, DELIVERY.c.next_attempt_at)
+                .where(DELIVERY.c.target == target, DELIVERY.c.state == "pending",
+                       DELIVERY.c.object_key.in_(sorted({h.object_key for h in heads})))
+                .order_by(DELIVERY.c.object_key, DELIVERY.c.seq, DELIVERY.c.id)
+                .limit(4 * max_rows)  # bounds the read when one object has a long backlog
+            )
+            if postgres:
+                rest = rest.with_for_update()
+            picked: list[int] = []
+            per_key: dict[str, int] = {}
+            stopped: set[str] = set()
+            head_at = {h.object_key: (h.seq, h.id) for h in heads}
+            for rid, key, seq, due in await conn.execute(rest):
+                if key in stopped or len(picked) >= room:
+                    continue
+                if (seq, rid) < head_at[key] or due > now or per_key.get(key, 1) >= chain:
+                    # an older row (retried meanwhile) or one waiting for its retry ends the chain
+                    stopped.add(key)
+                    continue
+                per_key[key] = per_key.get(key, 1) + 1
+                picked.append(rid)
+            if not picked:
+                return heads
+            return heads + list((await conn.execute(take(picked))).all())
+
+        rows = await self._transaction(work)
         claimed = [
             ClaimedDelivery(r.id, r.seq, r.target, r.rule, r.object_key, r.attempts, r.created_at, until) for r in rows
         ]
-        return sorted(claimed, key=lambda c: (c.seq, c.id))
+        return sorted(claimed, key=lambda c: (c.object_key, c.seq, c.id))
+
+    async def release(self, ids: Sequence[int], owner: str) -> None:
+        """Claimed rows that were not attempted go back to ``pending`` untouched (no attempt counted)."""
+        if not ids:
+            return
+        now = now_utc()
+        await self._write(
+            update(DELIVERY)
+            .where(DELIVERY.c.id.in_(list(ids)), DELIVERY.c.state == "in_flight", DELIVERY.c.claimed_by == owner)
+            .values(state="pending", claimed_by=None, claimed_until=None, updated_at=now)
+        )
+
+    async def extend(self, ids: Sequence[int], owner: str, lease: float) -> None:
+        """Heartbeat: keep the lease of rows this worker still holds (queued or being sent)."""
+        if not ids:
+            return
+        until = now_utc() + timedelta(seconds=lease)
+        for i in range(0, len(ids), 500):
+            await self._write(
+                update(DELIVERY)
+                .where(DELIVERY.c.id.in_(list(ids[i : i + 500])), DELIVERY.c.state == "in_flight",
+                       DELIVERY.c.claimed_by == owner)
+                .values(claimed_until=until)
+            )
 
     async def events(self, seqs: Iterable[int]) -> dict[int, EventRecord]:
         """The events the claimed rows refer to, by seq."""
@@ -317,26 +396,19 @@ class Outbox:
                    DELIVERY.c.state.in_(OPEN_STATES))
         )
 
-        async def _go() -> int:
-            async with self.store.write_engine.begin() as conn:
-                have = {(s, t, r) for s, t, r in await conn.execute(existing)}
-                new = [r for r in rows if (r.seq, r.target, r.rule) not in have]
-                if new:
-                    await conn.execute(DELIVERY.insert(), [
-                        {"seq": r.seq, "target": r.target, "rule": r.rule, "object_key": r.object_key,
-                         "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
-                         "updated_at": now}
-                        for r in new
-                    ])
-                return len(new)
+        async def work(conn: AsyncConnection) -> int:
+            have = {(s, t, r) for s, t, r in await conn.execute(existing)}
+            new = [r for r in rows if (r.seq, r.target, r.rule) not in have]
+            if new:
+                await conn.execute(DELIVERY.insert(), [
+                    {"seq": r.seq, "target": r.target, "rule": r.rule, "object_key": r.object_key,
+                     "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now,
+                     "updated_at": now}
+                    for r in new
+                ])
+            return len(new)
 
-        try:
-            if self._write_lock is None:
-                return await _go()
-            async with self._write_lock:
-                return await _go()
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"outbox write failed: {type(exc).__name__}: {_short(exc)}") from exc
+        return await self._transaction(work)
 
 
 __all__ = ["ClaimedDelivery", "DeliveryRecord", "NewOutboxRow", "Outbox", "OutcomeWrite"]

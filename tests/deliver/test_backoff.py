@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.deliver.backoff import (
     CircuitBreaker,
+    Deferred,
     Delivered,
     Permanent,
     Retryable,
@@ -20,6 +21,7 @@ from relay.deliver.backoff import (
     next_delay,
     parse_retry_after,
     retry_delay,
+    settle,
 )
 from relay.deliver.senders import ocpi_path, ocpi_request, signature, webhook_body, webhook_request
 from relay.routing.config import Match, Rule, Target, Transform
@@ -214,3 +216,20 @@ def test_ocpi_path_per_module(fields: dict[str, Any], expected: str) -> None:
 def test_ocpi_delete_has_no_body() -> None:
     req = ocpi_request(_event(module="tariffs", action="delete", object_id="T1", body=""), _rule(), _target("ocpi"))
     assert req.method == "DELETE" and req.body is None
+
+
+def test_settle_maps_each_outcome_to_the_row_s_next_state() -> None:
+    top = lambda lo, hi: hi  # noqa: E731
+    done = settle(Delivered(200), 2, True, 5, 1.0, 60.0, NOW)
+    assert (done.state, done.attempts, done.error) == ("done", 3, None)
+    retry = settle(Retryable("HTTP 503", 503), 2, True, 5, 1.0, 60.0, NOW, top)
+    assert (retry.state, retry.attempts, retry.http_status) == ("pending", 3, 503)
+    assert retry.next_attempt_at == NOW + timedelta(seconds=4)
+    gave_up = settle(Retryable("HTTP 503", 503), 4, True, 5, 1.0, 60.0, NOW)
+    assert gave_up.state == "dead" and gave_up.error == "HTTP 503 (gave up after 5 attempts)"
+    refused = settle(Permanent("HTTP 400: bad", 400), 0, True, 5, 1.0, 60.0, NOW)
+    assert (refused.state, refused.attempts, refused.http_status) == ("dead", 1, 400)
+    unsent = settle(Permanent("rule r no longer in config"), 3, False, 5, 1.0, 60.0, NOW)
+    assert (unsent.state, unsent.attempts) == ("dead", 3)
+    deferred = settle(Deferred("target t is no longer in config"), 3, False, 5, 1.0, 60.0, NOW)
+    assert (deferred.state, deferred.attempts, deferred.next_attempt_at) == ("pending", 3, NOW)

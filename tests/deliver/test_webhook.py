@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from relay.deliver.cli import dead_list, dead_retry, dead_show
+from relay.metrics import REGISTRY
 from relay.store.outbox import Outbox
 from tests.conftest import SESSION_ID, RelayHandle, eventually, example_bytes
 from tests.deliver.conftest import (
@@ -216,6 +219,7 @@ async def test_400_goes_dead_and_dead_retry_delivers_once_the_partner_is_fixed(
     await until(lambda: len(partner_sink.received) == 1)
     await eventually(dead)
     assert len(partner_sink.received) == 1  # a 400 is not retried
+    await until(lambda: REGISTRY.get_sample_value("relay_dead_letters", {"target": "hook"}) == 1)
     code, out, err = await run_cli("dead", "list", "--json", settings=relay.settings)
     assert code == 0, err
     (listed,) = json.loads(out)
@@ -223,9 +227,13 @@ async def test_400_goes_dead_and_dead_retry_delivers_once_the_partner_is_fixed(
                            "last_ocpi_status", "last_error", "updated_at"}
     assert (listed["target"], listed["rule"], listed["seq"], listed["last_http_status"]) == ("hook", "everything", 1, 400)
     assert "unknown field kwh" in listed["last_error"]
-    code, out, err = await run_cli("dead", "show", str(listed["id"]), settings=relay.settings)
-    assert code == 0, err
-    shown = json.loads(out)
+    out_io = io.StringIO()
+    assert await dead_list(relay.settings, target="hook", as_json=False, out=out_io) == 0
+    line = out_io.getvalue()
+    assert line.startswith(f"{listed['id']}\thook\tseq 1\t") and "\t400\t" in line and "unknown field kwh" in line
+    out_io = io.StringIO()
+    assert await dead_show(relay.settings, listed["id"], out=out_io) == 0
+    shown = json.loads(out_io.getvalue())
     assert shown["state"] == "dead" and shown["event"]["object_id"] == SESSION_ID
     assert shown["event"]["body"]["kwh"] == 0.0
 
@@ -239,10 +247,12 @@ async def test_400_goes_dead_and_dead_retry_delivers_once_the_partner_is_fixed(
         return [r.state for r in await rows(relay)] == ["done"]
 
     await eventually(done)
-    code, out, _ = await run_cli("dead", "list", "--json", settings=relay.settings)
-    assert json.loads(out) == []
-    code, _, err = await run_cli("dead", "retry", "999", settings=relay.settings)
-    assert code == 1 and "999" in err
+    out_io = io.StringIO()
+    assert await dead_list(relay.settings, target=None, as_json=True, out=out_io) == 0
+    assert json.loads(out_io.getvalue()) == []
+    out_io = io.StringIO()
+    assert await dead_retry(relay.settings, [999], as_json=True, out=out_io) == 1
+    assert json.loads(out_io.getvalue()) == [{"id": 999, "retried": False}]
 
 
 @pytest.mark.forwarding(SLOW_AND_FAST)
@@ -274,10 +284,19 @@ async def test_rate_limit_spaces_the_requests(relay: RelayHandle, partner_sink: 
     assert times[-1] - times[0] >= 0.9
 
 
-async def test_outbox_gauges_and_status_see_the_target(relay: RelayHandle, partner_sink: PartnerSink) -> None:
-    partner_sink.answer = ok
-    await put_session(relay)
-    await until(lambda: len(partner_sink.accepted()) == 1)
-    stats = await relay.store.stats()
-    assert stats["targets"]["hook"]["done"] == 1
+async def test_outbox_depth_gauge_and_status_follow_the_outbox(relay: RelayHandle, partner_sink: PartnerSink) -> None:
+    release = asyncio.Event()
+
+    async def held(_rec: Received, _n: int) -> Reply:
+        await release.wait()
+        return 200, None, {}
+
+    partner_sink.answer = held
+    for i in range(3):
+        await put_session(relay, f"{SESSION_ID[:-2]}{i:02d}")
+    await until(lambda: REGISTRY.get_sample_value("relay_outbox_depth", {"target": "hook"}) == 3)
+    assert (await relay.store.stats())["targets"]["hook"]["depth"] == 3
+    release.set()
+    await until(lambda: REGISTRY.get_sample_value("relay_outbox_depth", {"target": "hook"}) == 0)
+    assert (await relay.store.stats())["targets"]["hook"]["done"] == 3
     assert await Outbox(relay.store).counts() == {}
