@@ -40,7 +40,7 @@ async def _hammer(url: str, round_no: int, acked: set[str], stop: asyncio.Event)
                     data = await resp.json(content_type=None)
                     if resp.status == 200 and data.get("status_code") == 1000:
                         acked.add(loc_id)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            except (TimeoutError, aiohttp.ClientError, ValueError):
                 return  # the relay is gone
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
