@@ -180,7 +180,7 @@ async def test_greenflux_evse_alias_patch_is_matched_unambiguously(relay: RelayH
 
 
 async def test_evse_patch_for_unknown_location_is_acknowledged_and_kept_unmatched(relay: RelayHandle) -> None:
-    ans = await relay.patch(f"/locations/NL/GFX/unknown-loc/EVSE-1", {"status": "CHARGING"})
+    ans = await relay.patch("/locations/NL/GFX/unknown-loc/EVSE-1", {"status": "CHARGING"})
     assert ans.status == 200 and ans.body["status_code"] == 1000
     stats = await relay.store.stats()
     assert stats["unmatched"] == 1

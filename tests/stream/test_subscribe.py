@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import random
 import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
-import pytest
 
+from relay.settings import Settings
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 from tests.conftest import SESSION_ID, RelayHandle, eventually, example, start_relay, stop_relay
@@ -158,8 +161,8 @@ async def test_consumer_resumes_after_its_committed_seq_on_reconnect(
     assert (await relay.store.stats())["consumers"]["billing/invoicer"]["seq"] == 3
 
 
-async def test_consumer_resumes_after_its_committed_seq_after_a_server_restart(relay_settings: object) -> None:
-    relay = await start_relay(relay_settings)  # type: ignore[arg-type]
+async def test_consumer_resumes_after_its_committed_seq_after_a_server_restart(relay_settings: Settings) -> None:
+    relay = await start_relay(relay_settings)
     try:
         ids = await _put_locations(relay, 4)
         async with grpc.aio.insecure_channel(grpc_target(relay)) as channel:
@@ -170,7 +173,7 @@ async def test_consumer_resumes_after_its_committed_seq_after_a_server_restart(r
             call.cancel()
     finally:
         await stop_relay(relay)
-    relay = await start_relay(relay_settings)  # type: ignore[arg-type]
+    relay = await start_relay(relay_settings)
     try:
         more = await _put_locations(relay, 1)
         async with grpc.aio.insecure_channel(grpc_target(relay)) as channel:
@@ -283,11 +286,9 @@ async def test_a_config_reload_that_drops_the_client_ends_its_open_stream(
     assert relay.info.holder is not None
     call = await subscribe(stub, BELGIUM_TOKEN, latest=True)
     collector = Collector(call)
-    path = relay.info.holder.path
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text.split("  - name: belgium")[0])
+    path = Path(relay.info.holder.path)
+    text = await asyncio.to_thread(path.read_text)
+    await asyncio.to_thread(path.write_text, text.split("  - name: belgium")[0])
     assert relay.info.holder.reload()
     await eventually(lambda: _done(collector.task))
     assert collector.error is not None and collector.error.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -319,7 +320,7 @@ async def test_catch_up_to_live_under_concurrent_pushes_has_no_gap_and_no_duplic
     pushes = asyncio.gather(*(push(i) for i in live))
     collectors = [Collector(await subscribe(stub, earliest=True))]
     for _ in range(3):
-        await eventually(lambda n=len(acknowledged): _more_than(acknowledged, n + 100))
+        await eventually(_more_than(acknowledged, len(acknowledged) + 100))
         collectors.append(Collector(await subscribe(stub, earliest=True)))
     await pushes
     assert sorted(acknowledged) == sorted(history + live)
@@ -337,8 +338,11 @@ async def test_catch_up_to_live_under_concurrent_pushes_has_no_gap_and_no_duplic
         assert sorted(e.object_id for e in c.events) == sorted(acknowledged)
 
 
-async def _more_than(items: list[str], n: int) -> bool:
-    return len(items) > n
+def _more_than(items: list[str], n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(items) > n
+
+    return check
 
 
 async def test_a_filtered_subscriber_keeps_up_while_other_cpos_flood_the_log(
@@ -358,3 +362,20 @@ async def test_a_filtered_subscriber_keeps_up_while_other_cpos_flood_the_log(
     await collector.stop()
     assert [e.object_id for e in collector.events] == expected
     assert collector.seqs == sorted(set(collector.seqs))
+
+
+async def test_a_subscriber_on_another_replica_receives_what_the_first_one_commits(
+    relay: RelayHandle, relay_settings: Settings
+) -> None:
+    # Two relays on one database (PostgreSQL wakes the other through LISTEN/NOTIFY, SQLite through
+    # the store's poll): the second one serves gRPC only.
+    other = await start_relay(dataclasses.replace(relay_settings, http=False))
+    try:
+        async with grpc.aio.insecure_channel(grpc_target(other)) as channel:
+            call = await subscribe(pb_grpc.RelayStub(channel), earliest=True)
+            ids = await _put_locations(relay, 3)
+            events = await read_n(call, 3)
+            call.cancel()
+    finally:
+        await stop_relay(other)
+    assert [(e.seq, e.object_id) for e in events] == [(1, ids[0]), (2, ids[1]), (3, ids[2])]
