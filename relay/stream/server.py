@@ -1,13 +1,120 @@
-"""Placeholder until the stream part lands: serves nothing, stops when asked."""
+"""The gRPC part of `relay serve`: grpc.aio server with the Relay service, health and reflection.
+
+Auth is checked by the service itself (``service.py``) because every call needs the resolved client's
+scope, which an interceptor could only hand over through a context variable.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from relay.log import ports_logger
+from relay.settings import Settings
+from relay.store.base import Store
+from relay.stream._pb import relay_pb2_grpc as pb_grpc
+from relay.stream.fanout import Hub
+from relay.stream.service import SERVICE_NAME, RelayService, to_event
+
+if TYPE_CHECKING:
+    from relay.routing.holder import ConfigHolder
+    from relay.runtime import Part, RunInfo
+
+logger = logging.getLogger(__name__)
+
+HEALTH_INTERVAL = 2.0  # seconds between database pings behind the health status
+SHUTDOWN_GRACE = 5.0  # seconds in-flight calls get to finish before they are cancelled
+_OPTIONS = [
+    # Streams are long-lived and often idle: ping to find subscribers that vanished behind a NAT or a
+    # load balancer, and accept the clients' own keepalive pings down to every 10 s.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+]
 
 
-def grpc_part(settings: Any, store: Any, holder: Any, info: Any) -> Any:
-    async def part(stop: asyncio.Event) -> None:
-        await stop.wait()
+_SEND_FAILED = f"ExecuteBatchError raised in core by servicer method [/{SERVICE_NAME}/Subscribe]"
 
-    return part
+
+class _DisconnectNoise(logging.Filter):
+    """Drops grpc's ERROR for a Subscribe send that failed because the subscriber had just gone away.
+
+    grpc.aio logs "ExecuteBatchError raised in core" when a pending write fails before it has noticed
+    the client's cancellation (grpc/grpc#32551): for a stream that is the normal end of a disconnect
+    during a burst, not a server fault, and it would put a traceback in the log for every one.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_SEND_FAILED)
+
+
+_DISCONNECT_NOISE = _DisconnectNoise()
+
+
+async def _check_database(store: Store, servicer: health.aio.HealthServicer, last: int | None) -> int:
+    """Set the health status from one database ping; return it."""
+    ok = await store.ping()
+    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    if status != last:
+        for name in ("", SERVICE_NAME):
+            await servicer.set(name, status)
+        if last is not None:
+            logger.warning("grpc health changed", extra={"serving": ok})
+    return int(status)
+
+
+async def _watch_database(store: Store, servicer: health.aio.HealthServicer, last: int, interval: float) -> None:
+    """NOT_SERVING while the database does not answer, SERVING again when it does."""
+    while True:
+        await asyncio.sleep(interval)
+        last = await _check_database(store, servicer, last)
+
+
+def grpc_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
+    """The gRPC server as a runtime part: binds at start, serves until ``stop``, then ends every stream."""
+    info.expected.add("grpc")
+
+    async def serve(stop: asyncio.Event) -> None:
+        hub = Hub(store, to_event)
+        await hub.start()
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_DISCONNECT_NOISE)  # once: the same object
+        server = grpc.aio.server(options=_OPTIONS)
+        pb_grpc.add_RelayServicer_to_server(RelayService(store, holder, hub), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        # A reload may narrow a client's scope: wake idle subscribers so they re-check it now.
+        holder.on_change(lambda _cfg: hub.poke())
+        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        if port == 0:
+            raise OSError(f"cannot bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
+        status = await _check_database(store, health_servicer, None)  # answered from the first Check on
+        await server.start()
+        background = [
+            asyncio.create_task(hub.run(), name="grpc-hub"),
+            asyncio.create_task(_watch_database(store, health_servicer, status, HEALTH_INTERVAL), name="grpc-health"),
+        ]
+        info.ports["grpc"] = port
+        ports_logger.info("grpc_listening", extra={"host": settings.grpc_host, "port": port})
+        try:
+            await stop.wait()
+        finally:
+            await health_servicer.enter_graceful_shutdown()
+            hub.close()  # open streams end with UNAVAILABLE ("resubscribe after your last seq")
+            await server.stop(SHUTDOWN_GRACE)
+            await hub.drain()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            logger.info("grpc stopped")
+
+    return serve
