@@ -19,13 +19,15 @@ from relay.log import setup_logging
 from relay.settings import Settings
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """--database-url / --config / --log-level, the same on every subcommand that opens the store."""
     p.add_argument("--database-url", help="database URL (env RELAY_DATABASE_URL; default sqlite:///relay.db)")
     p.add_argument("--config", help="forwarding.yaml path (env RELAY_CONFIG; default forwarding.yaml)")
     p.add_argument("--log-level", help="log level (env RELAY_LOG_LEVEL; default INFO)")
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
+    """Settings from RELAY_* env, overridden by the flags of ``add_common_options`` and ``extra``."""
     return Settings.from_env(
         database_url=args.database_url, config=args.config, log_level=getattr(args, "log_level", None), **extra
     )
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     p = sub.add_parser("serve", help="run the HTTP receiver, gRPC stream and delivery workers", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("--http-host", help="receiver bind address (env RELAY_HTTP_HOST; default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="receiver port, 0 = any free (env RELAY_HTTP_PORT; default 8080)")
     p.add_argument("--grpc-host", help="gRPC bind address (env RELAY_GRPC_HOST; default 127.0.0.1)")
@@ -56,30 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-grpc", action="store_true", help="do not run the gRPC stream server")
     p.add_argument("--no-workers", action="store_true", help="do not run delivery workers and pull schedules")
     p.add_argument("--no-migrate", action="store_true", help="do not apply database migrations at start")
+    p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"],
+                   help="event loop implementation (env RELAY_EVENT_LOOP; default auto: uvloop if installed)")
 
     p = sub.add_parser("migrate", help="apply database migrations and exit", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
 
     p = sub.add_parser("check-config", help="validate forwarding.yaml (errors as file:line: message)", formatter_class=fmt)
     p.add_argument("path", nargs="?", help="file to check (default: RELAY_CONFIG or forwarding.yaml)")
     p.add_argument("--json", action="store_true", help="print the effective config (secrets masked) as JSON")
 
     p = sub.add_parser("status", help="event count, last seq, outbox per target, consumer lags", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
 
     rej = sub.add_parser("rejected", help="refused requests: list, show, replay", formatter_class=fmt)
     rsub = rej.add_subparsers(dest="rejected_command", metavar="ACTION", required=True)
     p = rsub.add_parser("list", help="list refused requests", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("--json", action="store_true", help="JSON array of objects")
     p.add_argument("--open", action="store_true", help="only those not replayed yet")
     p.add_argument("--limit", type=int, default=1000, help="at most this many")
     p = rsub.add_parser("show", help="one refused request with its body", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("id", type=int, help="rejected id")
     p = rsub.add_parser("replay", help="run refused pushes through scope and validation again", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("ids", nargs="*", type=int, help="rejected ids")
     p.add_argument("--all", action="store_true", help="every refused request not replayed yet")
     p.add_argument("--json", action="store_true", help="JSON array of results")
@@ -126,20 +130,22 @@ def _dispatch(args: argparse.Namespace) -> int:
     if hasattr(args, "func"):
         return int(args.func(args))
     if args.command == "serve":
-        settings = _settings(
+        settings = settings_from_args(
             args, http_host=args.http_host, http_port=args.http_port, grpc_host=args.grpc_host,
             grpc_port=args.grpc_port, base_path=args.base_path, max_body_bytes=args.max_body_bytes,
             http=False if args.no_http else None, grpc=False if args.no_grpc else None,
             workers=False if args.no_workers else None, migrate=False if args.no_migrate else None,
+            event_loop=args.event_loop,
         )
         setup_logging(settings.log_level)
-        from relay.runtime import run
+        from relay.runtime import loop_factory, run
 
-        asyncio.run(run(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(run(settings))
         return 0
     if args.command == "check-config":
         return commands.check_config(args)
-    settings = _settings(args)
+    settings = settings_from_args(args)
     setup_logging(settings.log_level if args.log_level else "WARNING")
     if args.command == "migrate":
         return _run(commands.migrate(settings))

@@ -74,6 +74,8 @@ class Settings:
     workers: bool = True
     migrate: bool = True
     delivery_concurrency: int = 16
+    # auto: uvloop when installed (it comes with uvicorn[standard]), else asyncio's own loop
+    event_loop: str = "auto"
     instance: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
     @classmethod
@@ -115,6 +117,8 @@ class Settings:
             problems.append("RELAY_MAX_BODY_BYTES: must be at least 1024")
         if not self.database_url.startswith(("sqlite:", "postgresql:", "postgres:", "postgresql+asyncpg:")):
             problems.append(f"RELAY_DATABASE_URL: unsupported database URL scheme in {self.redacted_url()!r}")
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            problems.append(f"RELAY_EVENT_LOOP: expected auto, asyncio or uvloop, got {self.event_loop!r}")
         if problems:
             raise ConfigError(problems)
 

@@ -8,6 +8,7 @@ import os
 import secrets
 import textwrap
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from relay.runtime import RunInfo, run
 from relay.settings import Settings
@@ -285,7 +287,11 @@ async def spawn_relay(env: dict[str, str], *args: str, want: tuple[str, ...] = (
             if rec.get("event") in ("http_listening", "grpc_listening"):
                 handle.ports[rec["event"].split("_")[0]] = int(rec["port"])
 
-    await asyncio.wait_for(read_ports(), 60)
+    try:
+        await asyncio.wait_for(read_ports(), 60)
+    except BaseException:
+        handle.kill()  # never leave a half-started relay behind
+        raise
 
     async def drain() -> None:  # keep reading so the pipe never fills up
         assert proc.stderr is not None
@@ -294,3 +300,37 @@ async def spawn_relay(env: dict[str, str], *args: str, want: tuple[str, ...] = (
 
     asyncio.get_running_loop().create_task(drain())
     return handle
+
+
+# -- a webhook partner that records what it receives ------------------------------------------------
+
+
+class Sink:
+    """A partner webhook endpoint that records what it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.ids: Counter[str] = Counter()
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.ids[request.headers["webhook-id"]] += 1
+        self.received.append(body)
+        return web.json_response({"status_code": 1000, "status_message": "ok", "timestamp": "2024-01-01T00:00:00Z"})
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = Sink()
+    app = web.Application()
+    app.router.add_post("/hook", s.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    s.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield s
+    await runner.cleanup()
+
+

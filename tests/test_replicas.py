@@ -6,54 +6,21 @@ import asyncio
 import base64
 import copy
 import textwrap
-from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 
 from relay.store import open_store
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
-from tests.conftest import GFX_TOKEN, LIMITED_TOKEN, RelayProcess, eventually, example, spawn_relay
+from tests.conftest import GFX_TOKEN, LIMITED_TOKEN, RelayProcess, Sink, eventually, example, spawn_relay
 
 pytestmark = [pytest.mark.parametrize("database_url", ["postgres"], indirect=True), pytest.mark.slow]
 
 STREAM_TOKEN = "replica-stream-token-5b1e"
 HOOK_SECRET = "whsec_" + base64.b64encode(b"replica-hook-secret-0123456789").decode()
-
-
-class Sink:
-    """A partner webhook endpoint that records what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.ids: Counter[str] = Counter()
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.ids[request.headers["webhook-id"]] += 1
-        self.received.append(body)
-        return web.json_response({"status_code": 1000, "status_message": "ok", "timestamp": "2024-01-01T00:00:00Z"})
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    s = Sink()
-    app = web.Application()
-    app.router.add_post("/hook", s.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    s.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield s
-    await runner.cleanup()
 
 
 def _config(tmp_path: Path, sink: Sink) -> Path:

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from relay.cli import _common, _settings
+from relay.cli import add_common_options, settings_from_args
 from relay.commands import opened
 from relay.log import setup_logging
 from relay.routing.config import RoutingConfig, load_config
@@ -33,19 +33,19 @@ def register(subparsers: Any) -> None:
     dsub = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
 
     p = dsub.add_parser("list", help="list dead deliveries, oldest first", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("--target", help="only this target")
     p.add_argument("--json", action="store_true", help="JSON array of objects")
     p.add_argument("--limit", type=int, default=1000, help="at most this many")
-    p.set_defaults(func=lambda a: _run(a, dead_list(_settings(a), target=a.target, as_json=a.json, limit=a.limit)))
+    p.set_defaults(func=lambda a: _run(a, dead_list(settings_from_args(a), target=a.target, as_json=a.json, limit=a.limit)))
 
     p = dsub.add_parser("show", help="one delivery with its event, as a JSON object", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("id", type=int, help="delivery id (see `relay dead list`)")
-    p.set_defaults(func=lambda a: _run(a, dead_show(_settings(a), a.id)))
+    p.set_defaults(func=lambda a: _run(a, dead_show(settings_from_args(a), a.id)))
 
     p = dsub.add_parser("retry", help="send dead deliveries again (attempts reset, due now)", formatter_class=fmt)
-    _common(p)
+    add_common_options(p)
     p.add_argument("ids", nargs="*", type=int, help="delivery ids")
     p.add_argument("--all", action="store_true", help="every dead delivery (of --target, if given)")
     p.add_argument("--target", help="only this target")
@@ -56,12 +56,12 @@ def register(subparsers: Any) -> None:
         "replay", formatter_class=fmt,
         help="queue applied events again for one target under the current rules (also backfills a new target)",
     )
-    _common(p)
+    add_common_options(p)
     p.add_argument("--target", required=True, help="target name from forwarding.yaml")
     p.add_argument("--from-seq", type=int, default=1, help="first seq to replay")
     p.add_argument("--to-seq", type=int, default=None, help="last seq to replay (default: the last one at start)")
     p.add_argument("--json", action="store_true", help="print the summary as a JSON object")
-    p.set_defaults(func=lambda a: _run(a, replay(_settings(a), a.target, from_seq=a.from_seq, to_seq=a.to_seq,
+    p.set_defaults(func=lambda a: _run(a, replay(settings_from_args(a), a.target, from_seq=a.from_seq, to_seq=a.to_seq,
                                                  as_json=a.json)))
 
 
@@ -77,7 +77,7 @@ def _dead_retry_args(args: argparse.Namespace) -> int:
     if args.ids and args.all:
         sys.stderr.write("relay dead retry: give delivery ids or --all, not both\n")
         return 2
-    settings = _settings(args)
+    settings = settings_from_args(args)
     return _run(args, dead_retry(settings, None if args.all else args.ids, target=args.target, as_json=args.json))
 
 

@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
                     "module's stored position (full on the first pass or with --full).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    # the same option names as the other subcommands (relay.cli._common)
+    # the same option names as the other subcommands (relay.cli.add_common_options)
     p.add_argument("--database-url", help="database URL (env RELAY_DATABASE_URL; default sqlite:///relay.db)")
     p.add_argument("--config", help="forwarding.yaml path (env RELAY_CONFIG; default forwarding.yaml)")
     p.add_argument("--log-level", help="log level (env RELAY_LOG_LEVEL; default INFO, WARNING with --once)")

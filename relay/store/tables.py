@@ -45,7 +45,8 @@ class Event(SQLModel, table=True):
     __table_args__ = (
         Index("ix_event_object", "module", "country_code", "party_id", "object_id", "seq"),
         Index("ix_event_received_at", "received_at"),
-        Index("ix_event_status", "status"),
+        # streams read "status = 'applied' AND seq > N ORDER BY seq": (status, seq) serves it in order
+        Index("ix_event_status_seq", "status", "seq"),
     )
 
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
