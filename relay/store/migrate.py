@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 from alembic import command
@@ -21,8 +22,29 @@ def alembic_config(async_url: str) -> Config:
 
 
 def upgrade_to_head(async_url: str) -> None:
-    """Blocking: call through ``asyncio.to_thread`` from async code (env.py runs its own loop)."""
-    command.upgrade(alembic_config(async_url), "head")
+    """Blocking: call through ``asyncio.to_thread`` from async code (env.py runs its own loop).
+
+    Several processes may migrate at once (replicas starting together): PostgreSQL takes turns on
+    an advisory lock in env.py; SQLite on an exclusive lock of a file beside the database, since
+    its version check happens before any write lock would be taken.
+    """
+    db_file = _sqlite_file(async_url)
+    if db_file is None:
+        command.upgrade(alembic_config(async_url), "head")
+        return
+    with open(db_file + ".migrate-lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            command.upgrade(alembic_config(async_url), "head")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _sqlite_file(async_url: str) -> str | None:
+    if not async_url.startswith("sqlite"):
+        return None
+    path = async_url.split(":///", 1)[1] if ":///" in async_url else ""
+    return path if path and not path.startswith(":memory:") else None
 
 
 def head_revision() -> str | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
+from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.conftest import LOC_ID, PG_ADMIN_URL, RelayHandle, eventually, example
-
-pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+from relay.settings import Settings
+from tests.conftest import LOC_ID, PG_ADMIN_URL, RelayHandle, eventually, example, start_relay, stop_relay
 
 
 async def _set_connections(db_url: str, allowed: bool) -> None:
@@ -23,6 +24,7 @@ async def _set_connections(db_url: str, allowed: bool) -> None:
         await conn.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_unreachable_database_answers_3000_then_recovers(relay: RelayHandle) -> None:
     url = relay.settings.database_url
     ok = await relay.put(f"/locations/NL/GFX/{LOC_ID}", example("location_full.json"))
@@ -50,3 +52,30 @@ async def test_unreachable_database_answers_3000_then_recovers(relay: RelayHandl
     await eventually(recovered, timeout=30, interval=0.5)
     ids = {s.key.object_id for s in await relay.store.list_states("locations", None, None, 100)}
     assert ids == {LOC_ID, "after"}  # nothing answered 3000 was stored, everything answered 1000 was
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_locked_sqlite_database_answers_3000_then_recovers(database_url: str, config_path: Any) -> None:
+    """Another process holds SQLite's write lock (a backup, a stuck tool): 3000, never 1000, then recovery."""
+    settings = Settings(database_url=database_url, config=str(config_path), http_port=0, grpc=False, workers=False,
+                        db_timeout=0.5)
+    relay = await start_relay(settings)
+    path = database_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        answers = []
+        for i in range(3):
+            body = copy.deepcopy(example("location_full.json"))
+            body["id"] = f"locked-{i}"
+            answers.append(await relay.put(f"/locations/NL/GFX/locked-{i}", body))
+        assert all(a.body["status_code"] == 3000 and a.status == 503 for a in answers), [a.body for a in answers]
+        blocker.execute("ROLLBACK")
+        body = copy.deepcopy(example("location_full.json"))
+        body["id"] = "after"
+        assert (await relay.put("/locations/NL/GFX/after", body)).body["status_code"] == 1000
+        ids = {s.key.object_id for s in await relay.store.list_states("locations", None, None, 100)}
+        assert ids == {"after"}
+    finally:
+        blocker.close()
+        await stop_relay(relay)

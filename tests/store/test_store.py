@@ -215,3 +215,23 @@ async def test_migrations_downgrade_to_base_and_upgrade_again(database_url: str)
         assert await s.schema_revision() == head_revision()
     finally:
         await s.close()
+
+
+async def test_relay_migrate_from_several_processes_at_once_is_safe(database_url: str) -> None:
+    """Replicas starting together all run `relay migrate`; the advisory lock makes them take turns."""
+    import sys
+
+    from relay.store.migrate import head_revision
+
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", "relay", "migrate", "--database-url", database_url,
+                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outs = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1].decode()[-500:] for o in outs]
+    s = open_store(database_url)
+    try:
+        assert await s.schema_revision() == head_revision()
+    finally:
+        await s.close()
