@@ -99,7 +99,7 @@ async def rejected_show(settings: Settings, rejected_id: int) -> int:
     if r is None:
         sys.stderr.write(f"no rejected request {rejected_id}\n")
         return 1
-    data = r.summary()
+    data: dict[str, Any] = r.summary()
     data["origin"] = r.origin
     data["request_id"] = r.request_id
     try:
@@ -131,9 +131,9 @@ async def rejected_replay(settings: Settings, ids: list[int], *, replay_all: boo
     if as_json:
         _out(results)
     else:
-        for r in results:
-            sys.stdout.write(f"{r['id']}\t{'ok' if r['ok'] else 'refused'}\t{r['status_code']}\t{r['message']}\n")
-    return 0 if all(r["ok"] for r in results) else 1
+        for res in results:
+            sys.stdout.write(f"{res['id']}\t{'ok' if res['ok'] else 'refused'}\t{res['status_code']}\t{res['message']}\n")
+    return 0 if all(res["ok"] for res in results) else 1
 
 
 async def _replay_one(store: SqlStore, ingestor: Ingestor, holder: ConfigHolder, rec: Any) -> tuple[bool, int, str]:

@@ -199,7 +199,7 @@ class Ingestor:
     @staticmethod
     def _check_cpo(src: Source, cc: str | None, party: str | None) -> None:
         if not cpo_matches(src.cpos, cc, party):
-            raise OcpiError.forbidden(f"CPO {format_cpo(cc, party)} is not allowed for subscription {src.name}")
+            raise OcpiError.forbidden(f"CPO {format_cpo(cc or '', party or '')} is not allowed for subscription {src.name}")
 
     def _parse(self, push: Push) -> dict[str, Any]:
         try:

@@ -12,7 +12,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -24,7 +25,7 @@ from relay.store import SqlStore, open_store
 
 logger = logging.getLogger(__name__)
 
-Part = Callable[[asyncio.Event], Awaitable[None]]
+Part = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class RunInfo:

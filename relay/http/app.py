@@ -45,7 +45,7 @@ def create_app(settings: Settings, store: Store, config: Callable[[], RoutingCon
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.ingestor = ingestor
     return app

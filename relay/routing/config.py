@@ -313,7 +313,8 @@ def describe(config: RoutingConfig) -> dict[str, Any]:
     def transform(t: Transform) -> dict[str, Any]:
         if t.kind in ("keep", "drop"):
             return {t.kind: list(t.fields)}
-        extra = {"pseudonymise": {"key": mask(t.key)}, "round": {"decimals": t.decimals}}.get(t.kind)
+        options: dict[str, dict[str, Any]] = {"pseudonymise": {"key": mask(t.key)}, "round": {"decimals": t.decimals}}
+        extra = options.get(t.kind)
         return {t.kind: {"fields": list(t.fields), **(extra or {"unit": t.unit})}}
 
     def condition(c: Condition) -> dict[str, Any]:
@@ -576,7 +577,7 @@ class _Reader:
 
     def url(self, node: Node | None, where: str) -> str:
         value = self.text(node, where)
-        if not value:
+        if not value or node is None:
             return ""
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -385,36 +385,40 @@ class SqlStore(Store):
 
     async def stats(self) -> dict[str, Any]:
         now = now_utc()
-        ev = await self._fetch(select(EVENT.c.status, func.count(), func.max(EVENT.c.seq)).group_by(EVENT.c.status))
-        by_status = {r[0]: int(r[1]) for r in ev}
-        last_seq = max((int(r[2]) for r in ev), default=0)
-        outbox = await self._fetch(
-            select(DELIVERY.c.target, DELIVERY.c.state, func.count(), func.min(DELIVERY.c.created_at))
+        ev = [r._mapping for r in await self._fetch(
+            select(EVENT.c.status, func.count().label("n"), func.max(EVENT.c.seq).label("last"))
+            .group_by(EVENT.c.status)
+        )]
+        by_status = {m["status"]: int(m["n"]) for m in ev}
+        last_seq = max((int(m["last"] or 0) for m in ev), default=0)
+        outbox = [r._mapping for r in await self._fetch(
+            select(DELIVERY.c.target, DELIVERY.c.state, func.count().label("n"),
+                   func.min(DELIVERY.c.created_at).label("oldest"))
             .group_by(DELIVERY.c.target, DELIVERY.c.state)
-        )
+        )]
         targets: dict[str, dict[str, Any]] = {}
-        for target, state, count, oldest in outbox:
-            t = targets.setdefault(target, {"pending": 0, "in_flight": 0, "done": 0, "dead": 0, "oldest_pending_age_s": None})
-            t[state] = int(count)
-            if state in ("pending", "in_flight") and oldest is not None:
-                age = (now - oldest).total_seconds()
-                prev = t["oldest_pending_age_s"]
-                t["oldest_pending_age_s"] = round(max(age, prev or 0.0), 3)
+        for m in outbox:
+            t = targets.setdefault(m["target"], {"pending": 0, "in_flight": 0, "done": 0, "dead": 0,
+                                                 "oldest_pending_age_s": None})
+            t[m["state"]] = int(m["n"])
+            if m["state"] in ("pending", "in_flight") and m["oldest"] is not None:
+                age = (now - m["oldest"]).total_seconds()
+                t["oldest_pending_age_s"] = round(max(age, t["oldest_pending_age_s"] or 0.0), 3)
         for t in targets.values():
             t["depth"] = t["pending"] + t["in_flight"]
-        consumers = await self._fetch(select(CONSUMER.c.name, CONSUMER.c.seq))
-        rejected = await self._fetch(
-            select(func.count(), func.count(REJECTED.c.replayed_at)).select_from(REJECTED)
-        )
+        consumers = [r._mapping for r in await self._fetch(select(CONSUMER.c.name, CONSUMER.c.seq))]
+        rej = (await self._fetch(
+            select(func.count().label("n"), func.count(REJECTED.c.replayed_at).label("replayed")).select_from(REJECTED)
+        ))[0]._mapping
         return {
             "events": sum(by_status.values()),
             "events_by_status": by_status,
             "last_seq": last_seq,
             "unmatched": by_status.get("unmatched", 0),
-            "rejected": int(rejected[0][0]),
-            "rejected_open": int(rejected[0][0]) - int(rejected[0][1]),
+            "rejected": int(rej["n"]),
+            "rejected_open": int(rej["n"]) - int(rej["replayed"]),
             "targets": targets,
-            "consumers": {name: {"seq": int(s), "lag": last_seq - int(s)} for name, s in consumers},
+            "consumers": {m["name"]: {"seq": int(m["seq"]), "lag": last_seq - int(m["seq"])} for m in consumers},
         }
 
 

@@ -137,7 +137,7 @@ async def tail(target: str, token: str, request: pb.SubscribeRequest, *, commit_
     metadata = (("authorization", f"Bearer {token}"),)
     last_seq = committed = 0
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RelayStub(channel)
+        stub = pb_grpc.RelayStub(channel)  # type: ignore[no-untyped-call]  # generated code
 
         async def commit() -> None:
             nonlocal committed

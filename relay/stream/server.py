@@ -86,7 +86,7 @@ def grpc_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunI
         await hub.start()
         logging.getLogger("grpc._cython.cygrpc").addFilter(_DISCONNECT_NOISE)  # once: the same object
         server = grpc.aio.server(options=_OPTIONS)
-        pb_grpc.add_RelayServicer_to_server(RelayService(store, holder, hub), server)
+        pb_grpc.add_RelayServicer_to_server(RelayService(store, holder, hub), server)  # type: ignore[no-untyped-call]  # generated code
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
