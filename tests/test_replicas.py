@@ -139,3 +139,60 @@ async def test_two_replicas_share_one_gapless_log_and_deliver_each_event_once(
             r.kill()
             await r.proc.wait()
     print(f"replicas: first phase {n} acked/delivered; kill phase acked {len(more)} of 400")
+
+
+async def test_database_outage_gives_3000_on_every_replica_then_both_recover(
+    database_url: str, tmp_path: Path, sink: Sink
+) -> None:
+    import asyncpg
+
+    from tests.conftest import PG_ADMIN_URL
+
+    name = database_url.rsplit("/", 1)[1]
+
+    async def allow(on: bool) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {"true" if on else "false"}')
+            if not on:
+                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        finally:
+            await conn.close()
+
+    env = {"RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(_config(tmp_path, sink)), "TEST_TOKEN_GFX": GFX_TOKEN,
+           "TEST_TOKEN_LIMITED": LIMITED_TOKEN, "TEST_STREAM_TOKEN": STREAM_TOKEN, "TEST_HOOK_SECRET": HOOK_SECRET,
+           "RELAY_LOG_LEVEL": "WARNING", "RELAY_DB_TIMEOUT": "2"}
+    replicas = [await spawn_relay(env, "--no-grpc") for _ in range(2)]
+    template = example("location_full.json")
+
+    async def put(r: RelayProcess, loc_id: str, session: aiohttp.ClientSession) -> int:
+        body = copy.deepcopy(template)
+        body["id"] = loc_id
+        async with session.put(f"{r.url}/locations/NL/GFX/{loc_id}", json=body,
+                               headers={"Authorization": f"Token {GFX_TOKEN}"}) as resp:
+            return int((await resp.json(content_type=None))["status_code"])
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            assert [await put(r, f"before-{i}", session) for i, r in enumerate(replicas)] == [1000, 1000]
+            await allow(False)
+            try:
+                codes = [await put(r, f"down-{i}-{j}", session) for j in range(3) for i, r in enumerate(replicas)]
+                assert set(codes) == {3000}, codes
+            finally:
+                await allow(True)
+
+            async def both_recovered() -> bool:
+                return [await put(r, f"after-{i}", session) for i, r in enumerate(replicas)] == [1000, 1000]
+
+            await eventually(both_recovered, timeout=60, interval=1.0)
+        store = open_store(database_url)
+        try:
+            ids = {s.key.object_id for s in await store.list_states("locations", None, None, 100)}
+        finally:
+            await store.close()
+        assert ids == {"before-0", "before-1", "after-0", "after-1"}  # nothing answered 3000 was stored
+    finally:
+        for r in replicas:
+            r.kill()
+            await r.proc.wait()
