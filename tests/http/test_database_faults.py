@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import os
 import sqlite3
 from typing import Any
 
@@ -79,3 +81,43 @@ async def test_locked_sqlite_database_answers_3000_then_recovers(database_url: s
     finally:
         blocker.close()
         await stop_relay(relay)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_unwritable_sqlite_file_answers_3000_then_recovers(database_url: str, config_path: Any) -> None:
+    """The database file becomes unwritable (full disk, read-only mount; made immutable with chattr here)."""
+    import shutil
+
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("needs chattr and root to make the database file immutable")
+    settings = Settings(database_url=database_url, config=str(config_path), http_port=0, grpc=False, workers=False,
+                        db_timeout=0.5)
+    relay = await start_relay(settings)
+    path = database_url.removeprefix("sqlite:///")
+    files = [path, path + "-wal"]
+    body = copy.deepcopy(example("location_full.json"))
+    try:
+        assert (await relay.put(f"/locations/NL/GFX/{LOC_ID}", body)).body["status_code"] == 1000
+        await _chattr("+i", files)
+        try:
+            answers = []
+            for i in range(3):
+                b = dict(body, id=f"ro-{i}")
+                answers.append(await relay.put(f"/locations/NL/GFX/ro-{i}", b))
+            assert all(a.body["status_code"] == 3000 for a in answers), [a.body for a in answers]
+        finally:
+            await _chattr("-i", files)
+
+        async def recovered() -> bool:
+            return (await relay.put("/locations/NL/GFX/after", dict(body, id="after"))).body["status_code"] == 1000
+
+        await eventually(recovered, timeout=30, interval=0.5)
+        ids = {s.key.object_id for s in await relay.store.list_states("locations", None, None, 100)}
+        assert ids == {LOC_ID, "after"}
+    finally:
+        await stop_relay(relay)
+
+
+async def _chattr(flag: str, files: list[str]) -> None:
+    proc = await asyncio.create_subprocess_exec("chattr", flag, *files)
+    assert await proc.wait() == 0
