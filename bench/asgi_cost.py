@@ -1,0 +1,166 @@
+"""CPU per request of the receiver's ASGI app, layer by layer, without sockets or a database.
+
+    .venv/bin/python bench/asgi_cost.py [--requests 20000]
+
+Calls the ASGI apps directly on one asyncio loop with the benchmark's location PUT (unique id per
+request) and measures CPU time per request for:
+
+- the bare ceiling app (bench/bare_app.py), as the reference;
+- the relay's app (``relay.http.app.create_app``) with a store whose ``submit`` answers at once (no
+  group commit: what the event-loop thread spends per request besides uvicorn and the store);
+- the same with one piece taken out at a time (request-id middleware, metrics, validation,
+  path-id checks), so that the difference is that piece's cost.
+
+uvicorn's own part (HTTP parsing, two transport writes per answer) is the same for both apps and is
+not included: bench/profile_ingest.py measures it under load (about 30 us per request here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import LOCATION_PATH, PUSH_TOKEN, location_body, relay_config  # noqa: E402
+
+
+class InstantStore:
+    """Answers every operation at once as applied, like a commit that costs nothing."""
+
+    def __init__(self) -> None:
+        from relay.ingest import Outcome
+        from relay.store.base import Plan
+
+        self._plan = Plan(result=Outcome(200, 1000, "Success", "applied"))
+        self._plan.seq = 1
+
+    async def submit(self, op: Any) -> Any:
+        return self._plan
+
+
+async def drive(app: Any, n: int, prefix: str) -> float:
+    """CPU seconds per request for ``n`` sequential PUTs through ``app``."""
+    answers: list[int] = []
+
+    async def one(i: int) -> None:
+        oid = f"{prefix}{i}"
+        body = location_body(oid)
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answers.append(message["status"])
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT", "scheme": "http",
+            "path": LOCATION_PATH + oid, "raw_path": (LOCATION_PATH + oid).encode(), "query_string": b"",
+            "root_path": "", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000),
+            "headers": [(b"host", b"127.0.0.1:8080"), (b"authorization", f"Token {PUSH_TOKEN}".encode()),
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+        await app(scope, receive, send)
+
+    for i in range(min(500, n)):  # warm-up
+        await one(i)
+    answers.clear()
+    c0 = time.thread_time()
+    for i in range(n):
+        await one(10**6 + i)
+    cpu = time.thread_time() - c0
+    bad = [a for a in answers if a != 200]
+    if bad:
+        raise RuntimeError(f"{len(bad)} answers were not 200 (first: {bad[0]})")
+    return cpu / n
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+class _NoMetric:
+    def labels(self, *_a: Any) -> _NoMetric:
+        return self
+
+    def inc(self, *_a: Any) -> None:
+        pass
+
+    def observe(self, *_a: Any) -> None:
+        pass
+
+
+def relay_app(config_path: Path, *, middleware: bool = True) -> Any:
+    from relay.http.app import create_app
+    from relay.routing.config import load_config
+    from relay.settings import Settings
+
+    cfg = load_config(config_path, {"BENCH_PUSH_TOKEN": PUSH_TOKEN, "BENCH_STREAM_TOKEN": "x"})
+    app = create_app(Settings(), InstantStore(), lambda: cfg)  # type: ignore[arg-type]
+    if not middleware:
+        app.user_middleware = []
+    return app
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=20_000)
+    args = p.parse_args()
+    import tempfile
+
+    import bare_app
+
+    from relay import ingest, metrics
+    from relay.http import endpoints
+
+    cfg_path = relay_config(Path(tempfile.mkdtemp(prefix="relay-asgi-")) / "f.yaml", stream=True)
+    loop = asyncio.new_event_loop()
+    n = args.requests
+
+    def run(app: Any, prefix: str) -> float:
+        return loop.run_until_complete(drive(app, n, prefix)) * 1e6
+
+    identity: Callable[..., Any] = lambda module, level, method, body, ids, strict=False: body  # noqa: E731
+    rows: list[tuple[str, float]] = []
+    rows.append(("bare app (orjson.loads + envelope)", run(bare_app.create_app(), "b-")))
+    full = run(relay_app(cfg_path), "r-")
+    rows.append(("relay app, store answering at once", full))
+    rows.append(("  without RequestIdMiddleware", run(relay_app(cfg_path, middleware=False), "m-")))
+    with contextlib.ExitStack() as stack:
+        for name in ("INGEST_REQUESTS", "INGEST_LATENCY", "EVENTS"):
+            stack.enter_context(patched(metrics, name, _NoMetric()))
+        rows.append(("  without Prometheus metrics", run(relay_app(cfg_path), "p-")))
+    with patched(ingest, "validate_object", identity):
+        rows.append(("  without validate_object", run(relay_app(cfg_path), "v-")))
+    with patched(ingest, "check_path_ids", lambda *a, **k: None):
+        rows.append(("  without check_path_ids", run(relay_app(cfg_path), "c-")))
+    with patched(endpoints, "authenticate", lambda request, cfg: cfg.subscriptions[0]):
+        rows.append(("  without token lookup", run(relay_app(cfg_path), "a-")))
+    loop.close()
+    print(f"CPU per request through the ASGI app, {n:,} sequential PUTs (no sockets, no uvicorn, no database)")
+    for label, us in rows:
+        delta = "" if not label.startswith("  ") else f"   (that piece: {full - us:6.1f} us)"
+        print(f"  {label:42s} {us:7.1f} us{delta}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Cost of one group commit by batch size: the fixed part per batch and the part per push.
+
+    .venv/bin/python bench/commit_cost.py [--db sqlite|postgres] [--sizes 1,2,4,8,32,128] [--batches 200]
+                                          [--rule] [--profile N]
+
+Builds location PUT operations exactly as the receiver does (``Ingestor``'s path resolution,
+validation and ``_PushOp``) and commits them through the store's batch function: for SQLite the
+writer thread's ``_batch_in_thread`` called directly on this thread (no event loop, no HTTP, no GIL
+contention), for PostgreSQL ``_run_batch`` on an asyncio loop. It prints, per batch size, the wall and
+CPU time per batch and per push, then fits ``cpu(batch) = fixed + per_push x size``. ``--profile N``
+adds a cProfile of batches of size N (SQLite), grouped by package, to show where the fixed part goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import LOCATION_PATH, PUSH_TOKEN, TargetSpec, location_body, relay_config, slope  # noqa: E402
+
+_LOOP = asyncio.new_event_loop()  # the PostgreSQL store's connections live on this one loop
+
+
+def build_ops(config_path: Path, prefix: str, n: int) -> list[Any]:
+    import orjson
+
+    from relay.ingest import Ingestor, Push, Source, _PushOp
+    from relay.ocpi.paths import resolve
+    from relay.ocpi.validate import parse_datetime, validate_object
+    from relay.routing.config import load_config
+    from relay.store.base import StateKey
+
+    cfg = load_config(config_path, {"BENCH_PUSH_TOKEN": PUSH_TOKEN, "BENCH_STREAM_TOKEN": "x",
+                                    "BENCH_WEBHOOK_SECRET": "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB"})
+    sub = cfg.subscription_for_token(PUSH_TOKEN)
+    assert sub is not None
+    ingestor = Ingestor(None, lambda: cfg)  # type: ignore[arg-type]  # only used for its helpers
+    ops = []
+    for i in range(n):
+        oid = f"{prefix}{i}"
+        path = LOCATION_PATH + oid
+        body = location_body(oid)
+        addr = resolve("PUT", path)
+        push = Push(method="PUT", path=path, address=addr, body=body, source=Source.of(sub), request_id="r",
+                    received_at=datetime.now(UTC))
+        parsed = orjson.loads(body)
+        obj = validate_object("locations", addr.level, "PUT", parsed, ingestor._id_fields(addr))
+        key = StateKey("locations", "NL", "GFX", oid)
+        ops.append(_PushOp(ingestor, push, key, obj, parse_datetime(parsed["last_updated"], "last_updated"), cfg))
+    return ops
+
+
+def measure(store: Any, kind: str, ops: list[Any], size: int) -> tuple[float, float, int]:
+    """(wall s, cpu s, batches) committing ``ops`` in batches of ``size``."""
+    batches = [ops[i:i + size] for i in range(0, len(ops) - size + 1, size)]
+    w0, c0 = time.perf_counter(), time.thread_time()
+    if kind == "sqlite":
+        for b in batches:
+            store._batch_in_thread(b)
+    else:
+        async def go() -> None:
+            for b in batches:
+                await store._run_batch(b)
+
+        _LOOP.run_until_complete(go())
+    return time.perf_counter() - w0, time.thread_time() - c0, len(batches)
+
+
+def group(stats: pstats.Stats) -> dict[str, float]:
+    """Self time by package."""
+    out: dict[str, float] = defaultdict(float)
+    for (file, _line, func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if "sqlalchemy" in file:
+            key = "SQLAlchemy"
+        elif "relay/store" in file:
+            key = "relay/store"
+        elif "relay/" in file:
+            key = "relay (plan: merge, route, hash)"
+        elif func.startswith("<method 'execute") or func.startswith("<method 'executemany"):
+            key = "sqlite3 execute/executemany (C)"
+        elif "commit" in func:
+            key = "sqlite3 commit (fsync)"
+        elif "orjson" in func or "sha256" in func or "hexdigest" in func:
+            key = "orjson / hashlib (C)"
+        else:
+            key = "other (stdlib, builtins)"
+        out[key] += tt
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--sizes", default="1,2,4,8,32,128")
+    p.add_argument("--batches", type=int, default=200, help="batches per size (fewer for the large sizes)")
+    p.add_argument("--rule", action="store_true", help="route every event to a webhook target (outbox rows)")
+    p.add_argument("--profile", type=int, help="cProfile batches of this size")
+    args = p.parse_args()
+    from common import Database
+
+    from relay.store import async_url, open_store
+    from relay.store.migrate import upgrade_to_head
+
+    workdir = Path(tempfile.mkdtemp(prefix="relay-commit-"))
+    db = Database.sqlite(workdir / "c.db") if args.db == "sqlite" else Database.postgres(args.pg_url)
+    try:
+        upgrade_to_head(async_url(db.url))
+        cfg = relay_config(workdir / "c.yaml", [TargetSpec("partner", "http://127.0.0.1:9/hook")] if args.rule else [])
+        store = open_store(db.url)
+        sizes = [int(x) for x in args.sizes.split(",")]
+        print(f"{args.db}, rule {'on' if args.rule else 'off'}: one group commit of N location PUTs "
+              "(lock, max(seq), read states, plan, executemany, COMMIT)")
+        print(f"{'N':>5s} {'batches':>8s} {'wall ms/batch':>14s} {'CPU ms/batch':>13s} {'CPU us/push':>12s} "
+              f"{'wall us/push':>13s}")
+        xs, ys = [], []
+        n = 0
+        for size in sizes:
+            count = max(3, min(args.batches, 4000 // size)) * size
+            ops = build_ops(cfg, f"c{size}-", count + size)
+            measure(store, args.db, ops[:size], size)  # warm the statement caches
+            wall, cpu, batches = measure(store, args.db, ops[size:], size)
+            n += batches
+            xs.append(size)
+            ys.append(cpu / batches * 1000)
+            print(f"{size:5d} {batches:8d} {wall / batches * 1000:14.2f} {cpu / batches * 1000:13.2f} "
+                  f"{cpu / batches / size * 1e6:12.1f} {wall / batches / size * 1e6:13.1f}")
+        per_push = slope(xs, ys)
+        fixed = sum(ys) / len(ys) - per_push * sum(xs) / len(xs)
+        print(f"fit: CPU per batch = {fixed:.2f} ms fixed + {per_push * 1000:.1f} us per push")
+        if args.profile and args.db == "sqlite":
+            size = args.profile
+            ops = build_ops(cfg, f"p{size}-", 100 * size)
+            prof = cProfile.Profile()
+            prof.enable()
+            measure(store, "sqlite", ops, size)
+            prof.disable()
+            stats = pstats.Stats(prof)
+            total = sum(group(stats).values())
+            print(f"cProfile, 100 batches of {size}: self time by package ({total / 100 * 1000:.2f} ms per batch "
+                  "under the profiler)")
+            for key, t in sorted(group(stats).items(), key=lambda kv: -kv[1]):
+                print(f"   {100 * t / total:5.1f} %  {key}")
+            stats.sort_stats("tottime").print_stats(12)
+        if args.db == "postgres":
+            _LOOP.run_until_complete(store.close())
+        else:
+            store._batch_engine.dispose()
+    finally:
+        db.drop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
