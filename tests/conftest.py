@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -334,3 +335,78 @@ async def sink() -> AsyncIterator[Sink]:
     await runner.cleanup()
 
 
+
+
+# -- relay processes with a stream client and a webhook target (crash and replica tests) ------------
+
+PROCESS_STREAM_TOKEN = "process-stream-token-5b1e"
+PROCESS_HOOK_SECRET = "whsec_" + base64.b64encode(b"process-hook-secret-0123456789").decode()
+
+
+def process_config(tmp_path: Path, sink: Sink, *, timeout: float) -> Path:
+    """forwarding.yaml for relay subprocesses: the greenflux subscription, a stream client, a webhook."""
+    path = tmp_path / "process.yaml"
+    path.write_text(textwrap.dedent(f"""
+        subscriptions:
+          - name: greenflux
+            token_env: TEST_TOKEN_GFX
+            cpos: ["NL*GFX"]
+        stream_clients:
+          - name: monitor
+            token_env: TEST_STREAM_TOKEN
+            cpos: ["*"]
+        targets:
+          - name: hook
+            type: webhook
+            url: http://127.0.0.1:{sink.port}/hook
+            secret_env: TEST_HOOK_SECRET
+            timeout: {timeout}
+            concurrency: 8
+            retry_base: 0.05
+            retry_max: 0.5
+        rules:
+          - name: all
+            match: {{modules: [locations]}}
+            to: [hook]
+    """))
+    return path
+
+
+def process_env(database_url: str, config: Path, **extra: str) -> dict[str, str]:
+    return {"RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(config), "TEST_TOKEN_GFX": GFX_TOKEN,
+            "TEST_TOKEN_LIMITED": LIMITED_TOKEN, "TEST_STREAM_TOKEN": PROCESS_STREAM_TOKEN,
+            "TEST_HOOK_SECRET": PROCESS_HOOK_SECRET, "RELAY_LOG_LEVEL": "WARNING", **extra}
+
+
+async def stream_from_earliest(port: int, until_seq: int) -> list[Any]:
+    """Every event a Subscribe(earliest) on ``port`` delivers, up to ``until_seq``."""
+    import grpc
+
+    from relay.stream._pb import relay_pb2 as pb
+    from relay.stream._pb import relay_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RelayStub(channel)
+        events: list[Any] = []
+        call = stub.Subscribe(pb.SubscribeRequest(earliest=True),
+                              metadata=(("authorization", f"Bearer {PROCESS_STREAM_TOKEN}"),))
+        async for ev in call:
+            events.append(ev)
+            if ev.seq >= until_seq:
+                call.cancel()
+                break
+        return events
+
+
+async def pg_allow_connections(database_url: str, allowed: bool) -> None:
+    """Make a PostgreSQL database unreachable (and drop its connections) or reachable again."""
+    import asyncpg
+
+    name = database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {"true" if allowed else "false"}')
+        if not allowed:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+    finally:
+        await conn.close()

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import random
-import textwrap
 from pathlib import Path
 
 import aiohttp
-import grpc
 import pytest
 
 from relay.store import open_store
 from relay.store.base import StateKey
-from relay.stream._pb import relay_pb2 as pb
-from relay.stream._pb import relay_pb2_grpc as pb_grpc
-from tests.conftest import GFX_TOKEN, LIMITED_TOKEN, Sink, eventually, example, spawn_relay
-
-STREAM_TOKEN = "crash-stream-token-7f3a"
-HOOK_SECRET = "whsec_" + base64.b64encode(b"crash-hook-secret-0123456789ab").decode()
+from tests.conftest import (
+    GFX_TOKEN,
+    Sink,
+    eventually,
+    example,
+    process_config,
+    process_env,
+    spawn_relay,
+    stream_from_earliest,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -56,51 +57,8 @@ async def _hammer(url: str, round_no: int, acked: set[str], stop: asyncio.Event)
     return sent
 
 
-async def _stream_ids(port: int, until_seq: int) -> list[str]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.RelayStub(channel)
-        ids: list[str] = []
-        call = stub.Subscribe(pb.SubscribeRequest(earliest=True), metadata=(("authorization", f"Bearer {STREAM_TOKEN}"),))
-        async for ev in call:
-            ids.append(ev.object_id)
-            if ev.seq >= until_seq:
-                call.cancel()
-                break
-        return ids
-
-
-def _config(tmp_path: Path, sink: Sink) -> Path:
-    path = tmp_path / "crash.yaml"
-    path.write_text(textwrap.dedent(f"""
-        subscriptions:
-          - name: greenflux
-            token_env: TEST_TOKEN_GFX
-            cpos: ["NL*GFX"]
-        stream_clients:
-          - name: monitor
-            token_env: TEST_STREAM_TOKEN
-            cpos: ["*"]
-        targets:
-          - name: hook
-            type: webhook
-            url: http://127.0.0.1:{sink.port}/hook
-            secret_env: TEST_HOOK_SECRET
-            timeout: 1
-            concurrency: 8
-            retry_base: 0.05
-            retry_max: 0.5
-        rules:
-          - name: all
-            match: {{modules: [locations]}}
-            to: [hook]
-    """))
-    return path
-
-
 async def test_kill_9_under_load_loses_no_acknowledged_push(database_url: str, tmp_path: Path, sink: Sink) -> None:
-    env = {"RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(_config(tmp_path, sink)),
-           "TEST_TOKEN_GFX": GFX_TOKEN, "TEST_TOKEN_LIMITED": LIMITED_TOKEN, "TEST_STREAM_TOKEN": STREAM_TOKEN,
-           "TEST_HOOK_SECRET": HOOK_SECRET, "RELAY_LOG_LEVEL": "WARNING"}
+    env = process_env(database_url, process_config(tmp_path, sink, timeout=1))
     rng = random.Random(20261125)
     acked: set[str] = set()
     report = []
@@ -130,7 +88,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_push(database_url: str, t
             st = await store.get_state(StateKey("locations", "NL", "GFX", loc_id))
             assert st is not None and st.object["id"] == loc_id
         # exactly once in the stream from earliest
-        streamed = await asyncio.wait_for(_stream_ids(final.ports["grpc"], seqs[-1]), 60)
+        streamed = [e.object_id for e in await asyncio.wait_for(stream_from_earliest(final.ports["grpc"], seqs[-1]), 60)]
         assert len(streamed) == len(set(streamed)) == len(events)
         assert acked <= set(streamed)
 

@@ -3,52 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
-import textwrap
 from pathlib import Path
 
 import aiohttp
-import grpc
 import pytest
 
 from relay.store import open_store
-from relay.stream._pb import relay_pb2 as pb
-from relay.stream._pb import relay_pb2_grpc as pb_grpc
-from tests.conftest import GFX_TOKEN, LIMITED_TOKEN, RelayProcess, Sink, eventually, example, spawn_relay
+from tests.conftest import (
+    GFX_TOKEN,
+    RelayProcess,
+    Sink,
+    eventually,
+    example,
+    pg_allow_connections,
+    process_config,
+    process_env,
+    spawn_relay,
+    stream_from_earliest,
+)
 
 pytestmark = [pytest.mark.parametrize("database_url", ["postgres"], indirect=True), pytest.mark.slow]
 
-STREAM_TOKEN = "replica-stream-token-5b1e"
-HOOK_SECRET = "whsec_" + base64.b64encode(b"replica-hook-secret-0123456789").decode()
-
-
-def _config(tmp_path: Path, sink: Sink) -> Path:
-    path = tmp_path / "replicas.yaml"
-    path.write_text(textwrap.dedent(f"""
-        subscriptions:
-          - name: greenflux
-            token_env: TEST_TOKEN_GFX
-            cpos: ["NL*GFX"]
-        stream_clients:
-          - name: monitor
-            token_env: TEST_STREAM_TOKEN
-            cpos: ["*"]
-        targets:
-          - name: hook
-            type: webhook
-            url: http://127.0.0.1:{sink.port}/hook
-            secret_env: TEST_HOOK_SECRET
-            timeout: 2
-            concurrency: 8
-            retry_base: 0.05
-            retry_max: 0.5
-        rules:
-          - name: all
-            match: {{modules: [locations]}}
-            to: [hook]
-    """))
-    return path
 
 
 async def _push_all(replicas: list[RelayProcess], n: int, prefix: str, acked: set[str],
@@ -75,36 +51,20 @@ async def _push_all(replicas: list[RelayProcess], n: int, prefix: str, acked: se
         await asyncio.gather(*(one(i, session) for i in range(n)))
 
 
-async def _subscribe(port: int, until_seq: int) -> list[int]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.RelayStub(channel)
-        seqs: list[int] = []
-        call = stub.Subscribe(pb.SubscribeRequest(earliest=True), metadata=(("authorization", f"Bearer {STREAM_TOKEN}"),))
-        async for ev in call:
-            seqs.append(ev.seq)
-            if ev.seq >= until_seq:
-                call.cancel()
-                break
-        return seqs
-
-
 async def test_two_replicas_share_one_gapless_log_and_deliver_each_event_once(
     database_url: str, tmp_path: Path, sink: Sink
 ) -> None:
-    config = _config(tmp_path, sink)
-    env = {"RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(config), "TEST_TOKEN_GFX": GFX_TOKEN,
-           "TEST_TOKEN_LIMITED": LIMITED_TOKEN, "TEST_STREAM_TOKEN": STREAM_TOKEN, "TEST_HOOK_SECRET": HOOK_SECRET,
-           "RELAY_LOG_LEVEL": "WARNING"}
+    env = process_env(database_url, process_config(tmp_path, sink, timeout=2))
     replicas = [await spawn_relay(env, want=("http", "grpc")) for _ in range(2)]
     try:
         acked: set[str] = set()
         # subscribers on both replicas, started before the pushes: catch-up then live across replicas
         n = 400
-        subs = [asyncio.create_task(_subscribe(r.ports["grpc"], n)) for r in replicas]
+        subs = [asyncio.create_task(stream_from_earliest(r.ports["grpc"], n)) for r in replicas]
         await _push_all(replicas, n, "rep", acked)
         assert len(acked) == n
         seen_a, seen_b = await asyncio.wait_for(asyncio.gather(*subs), 60)
-        assert seen_a == seen_b == list(range(1, n + 1))
+        assert [e.seq for e in seen_a] == [e.seq for e in seen_b] == list(range(1, n + 1))
 
         async def delivered() -> bool:
             return len(sink.ids) >= n
@@ -144,24 +104,7 @@ async def test_two_replicas_share_one_gapless_log_and_deliver_each_event_once(
 async def test_database_outage_gives_3000_on_every_replica_then_both_recover(
     database_url: str, tmp_path: Path, sink: Sink
 ) -> None:
-    import asyncpg
-
-    from tests.conftest import PG_ADMIN_URL
-
-    name = database_url.rsplit("/", 1)[1]
-
-    async def allow(on: bool) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-        try:
-            await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {"true" if on else "false"}')
-            if not on:
-                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
-        finally:
-            await conn.close()
-
-    env = {"RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(_config(tmp_path, sink)), "TEST_TOKEN_GFX": GFX_TOKEN,
-           "TEST_TOKEN_LIMITED": LIMITED_TOKEN, "TEST_STREAM_TOKEN": STREAM_TOKEN, "TEST_HOOK_SECRET": HOOK_SECRET,
-           "RELAY_LOG_LEVEL": "WARNING", "RELAY_DB_TIMEOUT": "2"}
+    env = process_env(database_url, process_config(tmp_path, sink, timeout=2), RELAY_DB_TIMEOUT="2")
     replicas = [await spawn_relay(env, "--no-grpc") for _ in range(2)]
     template = example("location_full.json")
 
@@ -175,12 +118,12 @@ async def test_database_outage_gives_3000_on_every_replica_then_both_recover(
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             assert [await put(r, f"before-{i}", session) for i, r in enumerate(replicas)] == [1000, 1000]
-            await allow(False)
+            await pg_allow_connections(database_url, False)
             try:
                 codes = [await put(r, f"down-{i}-{j}", session) for j in range(3) for i, r in enumerate(replicas)]
                 assert set(codes) == {3000}, codes
             finally:
-                await allow(True)
+                await pg_allow_connections(database_url, True)
 
             async def both_recovered() -> bool:
                 return [await put(r, f"after-{i}", session) for i, r in enumerate(replicas)] == [1000, 1000]

@@ -8,22 +8,18 @@ import os
 import sqlite3
 from typing import Any
 
-import asyncpg
 import pytest
 
 from relay.settings import Settings
-from tests.conftest import LOC_ID, PG_ADMIN_URL, RelayHandle, eventually, example, start_relay, stop_relay
-
-
-async def _set_connections(db_url: str, allowed: bool) -> None:
-    name = db_url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-    try:
-        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {"true" if allowed else "false"}')
-        if not allowed:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
-    finally:
-        await conn.close()
+from tests.conftest import (
+    LOC_ID,
+    RelayHandle,
+    eventually,
+    example,
+    pg_allow_connections,
+    start_relay,
+    stop_relay,
+)
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -31,7 +27,7 @@ async def test_unreachable_database_answers_3000_then_recovers(relay: RelayHandl
     url = relay.settings.database_url
     ok = await relay.put(f"/locations/NL/GFX/{LOC_ID}", example("location_full.json"))
     assert ok.body["status_code"] == 1000
-    await _set_connections(url, allowed=False)
+    await pg_allow_connections(url, False)
     try:
         answers = []
         for i in range(5):
@@ -44,7 +40,7 @@ async def test_unreachable_database_answers_3000_then_recovers(relay: RelayHandl
         async with relay.http.get(relay.url + "/readyz") as r:
             assert r.status == 503
     finally:
-        await _set_connections(url, allowed=True)
+        await pg_allow_connections(url, True)
 
     async def recovered() -> bool:
         body = copy.deepcopy(example("location_full.json"))
