@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import time
 from typing import Any
@@ -28,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from relay.runtime import bind
 
 _stamp: list[Any] = [0, ""]
 
@@ -50,17 +51,6 @@ def create_app() -> Starlette:
     return Starlette(routes=[
         Route("/locations/{country_code}/{party_id}/{location_id}", put_location, methods=["PUT"]),
     ])
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """As ``relay.runtime.bind``: proto IPPROTO_TCP so that asyncio turns Nagle off per connection."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 async def serve(host: str, port: int) -> None:

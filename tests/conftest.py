@@ -410,3 +410,15 @@ async def pg_allow_connections(database_url: str, allowed: bool) -> None:
             await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
     finally:
         await conn.close()
+
+
+async def put_location_acked(session: aiohttp.ClientSession, url: str, loc_id: str, acked: set[str]) -> None:
+    """PUT a copy of the example location under ``loc_id``; record it in ``acked`` when answered 1000.
+    Connection errors propagate: crash tests decide what a dead relay means for them."""
+    body = example("location_full.json")
+    body["id"] = loc_id
+    async with session.put(f"{url}/locations/NL/GFX/{loc_id}", json=body,
+                           headers={"Authorization": f"Token {GFX_TOKEN}"}) as resp:
+        data = await resp.json(content_type=None)
+        if resp.status == 200 and data.get("status_code") == 1000:
+            acked.add(loc_id)

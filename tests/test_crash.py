@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import pytest
 from relay.store import open_store
 from relay.store.base import StateKey
 from tests.conftest import (
-    GFX_TOKEN,
     Sink,
     eventually,
-    example,
     process_config,
     process_env,
+    put_location_acked,
     spawn_relay,
     stream_from_earliest,
 )
@@ -31,7 +29,6 @@ CLIENTS = 32
 
 async def _hammer(url: str, round_no: int, acked: set[str], stop: asyncio.Event) -> int:
     """Concurrent clients PUT unique locations until the relay dies; returns requests sent."""
-    template = example("location_full.json")
     sent = 0
 
     async def client(n: int, session: aiohttp.ClientSession) -> None:
@@ -39,16 +36,9 @@ async def _hammer(url: str, round_no: int, acked: set[str], stop: asyncio.Event)
         i = 0
         while not stop.is_set():
             i += 1
-            loc_id = f"r{round_no}-c{n}-{i}"
-            body = copy.deepcopy(template)
-            body["id"] = loc_id
             sent += 1
             try:
-                async with session.put(f"{url}/locations/NL/GFX/{loc_id}", json=body,
-                                       headers={"Authorization": f"Token {GFX_TOKEN}"}) as resp:
-                    data = await resp.json(content_type=None)
-                    if resp.status == 200 and data.get("status_code") == 1000:
-                        acked.add(loc_id)
+                await put_location_acked(session, url, f"r{round_no}-c{n}-{i}", acked)
             except (TimeoutError, aiohttp.ClientError, ValueError):
                 return  # the relay is gone
 

@@ -19,6 +19,7 @@ from tests.conftest import (
     pg_allow_connections,
     process_config,
     process_env,
+    put_location_acked,
     spawn_relay,
     stream_from_earliest,
 )
@@ -29,21 +30,13 @@ pytestmark = [pytest.mark.parametrize("database_url", ["postgres"], indirect=Tru
 
 async def _push_all(replicas: list[RelayProcess], n: int, prefix: str, acked: set[str],
                     stop_after: asyncio.Event | None = None) -> None:
-    template = example("location_full.json")
     sem = asyncio.Semaphore(32)
 
     async def one(i: int, session: aiohttp.ClientSession) -> None:
         target = replicas[i % len(replicas)]
-        loc_id = f"{prefix}-{i}"
-        body = copy.deepcopy(template)
-        body["id"] = loc_id
         async with sem:
             try:
-                async with session.put(f"{target.url}/locations/NL/GFX/{loc_id}", json=body,
-                                       headers={"Authorization": f"Token {GFX_TOKEN}"}) as resp:
-                    data = await resp.json(content_type=None)
-                    if resp.status == 200 and data.get("status_code") == 1000:
-                        acked.add(loc_id)
+                await put_location_acked(session, target.url, f"{prefix}-{i}", acked)
             except (TimeoutError, aiohttp.ClientError, ValueError):
                 pass  # a killed replica: this push was not acknowledged
 
