@@ -8,8 +8,9 @@ request) and measures CPU time per request for:
 - the bare ceiling app (bench/bare_app.py), as the reference;
 - the relay's app (``relay.http.app.create_app``) with a store whose ``submit`` answers at once (no
   group commit: what the event-loop thread spends per request besides uvicorn and the store);
-- the same with one piece taken out at a time (request-id middleware, metrics, validation,
-  path-id checks), so that the difference is that piece's cost.
+- the same with one piece taken out at a time (metrics, validation, path-id checks, token lookup),
+  so that the difference is that piece's cost, and with pushes routed through Starlette instead of
+  relay.http.fastpath (a negative "piece": what the fast path saves).
 
 uvicorn's own part (HTTP parsing, two transport writes per answer) is the same for both apps and is
 not included: bench/profile_ingest.py measures it under load (about 30 us per request here).
@@ -108,16 +109,14 @@ class _NoMetric:
         pass
 
 
-def relay_app(config_path: Path, *, middleware: bool = True) -> Any:
+def relay_app(config_path: Path, *, fast: bool = True) -> Any:
     from relay.http.app import create_app
     from relay.routing.config import load_config
     from relay.settings import Settings
 
     cfg = load_config(config_path, {"BENCH_PUSH_TOKEN": PUSH_TOKEN, "BENCH_STREAM_TOKEN": "x"})
     app = create_app(Settings(), InstantStore(), lambda: cfg)  # type: ignore[arg-type]
-    if not middleware:
-        app.user_middleware = []
-    return app
+    return app if fast else app.app  # app.app: the Starlette app behind the push fast path
 
 
 def main() -> int:
@@ -129,7 +128,7 @@ def main() -> int:
     import bare_app
 
     from relay import ingest, metrics
-    from relay.http import endpoints
+    from relay.http import fastpath
 
     cfg_path = relay_config(Path(tempfile.mkdtemp(prefix="relay-asgi-")) / "f.yaml", stream=True)
     loop = asyncio.new_event_loop()
@@ -143,7 +142,7 @@ def main() -> int:
     rows.append(("bare app (orjson.loads + envelope)", run(bare_app.create_app(), "b-")))
     full = run(relay_app(cfg_path), "r-")
     rows.append(("relay app, store answering at once", full))
-    rows.append(("  without RequestIdMiddleware", run(relay_app(cfg_path, middleware=False), "m-")))
+    rows.append(("  pushes through Starlette instead of FastPushes", run(relay_app(cfg_path, fast=False), "s-")))
     with contextlib.ExitStack() as stack:
         for name in ("INGEST_REQUESTS", "INGEST_LATENCY", "EVENTS"):
             stack.enter_context(patched(metrics, name, _NoMetric()))
@@ -152,7 +151,7 @@ def main() -> int:
         rows.append(("  without validate_object", run(relay_app(cfg_path), "v-")))
     with patched(ingest, "check_path_ids", lambda *a, **k: None):
         rows.append(("  without check_path_ids", run(relay_app(cfg_path), "c-")))
-    with patched(endpoints, "authenticate", lambda request, cfg: cfg.subscriptions[0]):
+    with patched(fastpath, "authenticate_header", lambda header, cfg: cfg.subscriptions[0]):
         rows.append(("  without token lookup", run(relay_app(cfg_path), "a-")))
     loop.close()
     print(f"CPU per request through the ASGI app, {n:,} sequential PUTs (no sockets, no uvicorn, no database)")

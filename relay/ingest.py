@@ -189,7 +189,7 @@ class Ingestor:
         if outcome.status == "rejected":
             metrics.REJECTED.labels(addr.module, str(outcome.http_status)).inc()
         else:
-            metrics.EVENTS.labels(addr.module, outcome.status, push.origin).inc()
+            metrics.labelled(metrics.EVENTS, addr.module, outcome.status, push.origin).inc()
             if outcome.status == merge.UNMATCHED:
                 metrics.UNMATCHED.labels(addr.module).inc()
                 logger.warning("unmatched push kept", extra={"ocpi_module": addr.module, "object_id": object_id,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -36,3 +39,16 @@ PULL_OBJECTS = Counter("relay_pull_objects", "Pulled objects by source and outco
 PULL_ONLY_CHANGES = Counter("relay_pull_only_changes",
                             "Changes found only by a pull (pushes that were lost upstream)", ["source", "module"],
                             registry=REGISTRY)
+
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: MetricWrapperBase, *values: str) -> Any:
+    """``metric.labels(*values)``, kept: a label lookup takes a lock and builds tuples, and the hot
+    path asks for the same few children on every push."""
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child

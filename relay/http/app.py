@@ -9,6 +9,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from relay.http.endpoints import Receiver
+from relay.http.fastpath import FastPushes
 from relay.http.middleware import EXCEPTION_HANDLERS, RequestIdMiddleware
 from relay.http.ops import Ops
 from relay.ingest import Ingestor
@@ -20,8 +21,9 @@ RW = ["GET", "PUT", "PATCH"]
 NOTIFY = ["POST", "PUT"]
 
 
-def create_app(settings: Settings, store: Store, config: Callable[[], RoutingConfig]) -> Starlette:
-    """The Starlette app; the store must be started (and is closed) by the caller."""
+def create_app(settings: Settings, store: Store, config: Callable[[], RoutingConfig]) -> FastPushes:
+    """The receiver's ASGI app: pushes short-cut by ``FastPushes``, the rest routed by Starlette.
+    The store must be started (and is closed) by the caller."""
     base = settings.base_path
     ingestor = Ingestor(store, config, max_depth=settings.max_json_depth)
     rx = Receiver(store, ingestor, config, base_path=base, max_body=settings.max_body_bytes)
@@ -48,4 +50,4 @@ def create_app(settings: Settings, store: Store, config: Callable[[], RoutingCon
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.ingestor = ingestor
-    return app
+    return FastPushes(app, rx)

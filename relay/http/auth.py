@@ -11,7 +11,11 @@ from relay.routing.config import RoutingConfig, Subscription
 
 def authenticate(request: Request, config: RoutingConfig) -> Subscription:
     """The subscription whose token the request carries; OcpiError 401 otherwise."""
-    header = request.headers.get("authorization")
+    return authenticate_header(request.headers.get("authorization"), config)
+
+
+def authenticate_header(header: str | None, config: RoutingConfig) -> Subscription:
+    """The subscription of an ``Authorization`` header's value; OcpiError 401 otherwise."""
     if header is None:
         metrics.AUTH_FAILURES.labels("missing").inc()
         raise OcpiError.unauthorized("missing Authorization header")

@@ -12,10 +12,10 @@ from relay import metrics
 from relay.errors import SUCCESS, OcpiError
 from relay.http.auth import authenticate
 from relay.http.envelope import envelope
-from relay.ingest import Ingestor, Push, Source
+from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.merge import match_evse
 from relay.ocpi.paths import Address, resolve
-from relay.routing.config import RoutingConfig, cpo_matches
+from relay.routing.config import RoutingConfig, Subscription, cpo_matches
 from relay.store.base import StateKey, Store
 
 
@@ -59,10 +59,8 @@ class Receiver:
                 response = await self._get(addr, Source.of(sub))
             else:
                 body = await read_body(request, self.max_body)
-                outcome = await self.ingestor.handle(Push(
-                    method=request.method, path=path, address=addr, body=body, source=Source.of(sub),
-                    request_id=request.scope.get("state", {}).get("request_id"),
-                ))
+                outcome = await self.push(request.method, path, addr, body, sub,
+                                          request.scope.get("state", {}).get("request_id"))
                 headers = None
                 if outcome.ok and outcome.cdr_id is not None:
                     headers = {"Location": str(request.url_for("cdr", cdr_id=outcome.cdr_id))}
@@ -75,6 +73,12 @@ class Receiver:
         finally:
             metrics.INGEST_REQUESTS.labels(module, str(status), str(code)).inc()
             metrics.INGEST_LATENCY.labels(module).observe(time.perf_counter() - started)
+
+    async def push(self, method: str, path: str, addr: Address, body: bytes, sub: Subscription,
+                   request_id: str | None) -> Outcome:
+        """A push to ``path`` (below the base path) by ``sub``: stored, refused or found identical."""
+        return await self.ingestor.handle(Push(method=method, path=path, address=addr, body=body,
+                                               source=Source.of(sub), request_id=request_id))
 
     async def _get(self, addr: Address, src: Source) -> Response:
         if addr.module not in src.modules:

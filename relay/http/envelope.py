@@ -20,9 +20,13 @@ def timestamp() -> str:
     return str(_cache[1])
 
 
-def envelope(http_status: int, status_code: int, message: str, data: Any = None,
-             headers: dict[str, str] | None = None) -> Response:
+def envelope_bytes(status_code: int, message: str, data: Any = None) -> bytes:
     body: dict[str, Any] = {"status_code": status_code, "status_message": message, "timestamp": timestamp()}
     if data is not None:
         body["data"] = data
-    return Response(orjson.dumps(body), status_code=http_status, media_type="application/json", headers=headers)
+    return orjson.dumps(body)
+
+
+def envelope(http_status: int, status_code: int, message: str, data: Any = None,
+             headers: dict[str, str] | None = None) -> Response:
+    return Response(envelope_bytes(status_code, message, data), status_code=http_status, media_type="application/json", headers=headers)

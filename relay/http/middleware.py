@@ -24,7 +24,11 @@ _PREFIX = os.urandom(4).hex()
 _COUNTER = itertools.count(1)
 
 
-def _new_request_id() -> bytes:
+def request_id_of(scope: Scope) -> bytes:
+    """A well-formed ``X-Request-ID`` of the request, else a new id."""
+    for k, v in scope["headers"]:
+        if k == b"x-request-id" and _RID.match(v):
+            return bytes(v)
     return f"{_PREFIX}{next(_COUNTER):08x}".encode()
 
 
@@ -38,13 +42,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
-        for k, v in scope["headers"]:
-            if k == b"x-request-id" and _RID.match(v):
-                rid = v
-                break
-        if rid is None:
-            rid = _new_request_id()
+        rid = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = rid.decode()
         token = request_id_var.set(rid.decode())
 
