@@ -6,9 +6,9 @@
 Builds location PUT operations exactly as the receiver does (``Ingestor``'s path resolution,
 validation and ``_PushOp``) and commits them through the store's batch function: for SQLite the
 writer thread's ``_batch_in_thread`` called directly on this thread (no event loop, no HTTP, no GIL
-contention), for PostgreSQL ``_run_batch`` on an asyncio loop. It prints, per batch size, the wall and
+contention). It prints, per batch size, the wall and
 CPU time per batch and per push, then fits ``cpu(batch) = fixed + per_push x size``. ``--profile N``
-adds a cProfile of batches of size N (SQLite), grouped by package, to show where the fixed part goes.
+adds a cProfile of batches of size N, grouped by package, to show where the fixed part goes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import LOCATION_PATH, PUSH_TOKEN, TargetSpec, location_body, relay_config, slope  # noqa: E402
 
-_LOOP = asyncio.new_event_loop()  # the PostgreSQL store's connections live on this one loop
+_LOOP = asyncio.new_event_loop()  # the store's async engine (migrations, close) lives on this one loop
 
 
 def build_ops(config_path: Path, prefix: str, n: int) -> list[Any]:
@@ -66,15 +66,8 @@ def measure(store: Any, kind: str, ops: list[Any], size: int) -> tuple[float, fl
     """(wall s, cpu s, batches) committing ``ops`` in batches of ``size``."""
     batches = [ops[i:i + size] for i in range(0, len(ops) - size + 1, size)]
     w0, c0 = time.perf_counter(), time.thread_time()
-    if kind == "sqlite":
-        for b in batches:
-            store._batch_in_thread(b)
-    else:
-        async def go() -> None:
-            for b in batches:
-                await store._run_batch(b)
-
-        _LOOP.run_until_complete(go())
+    for b in batches:
+        store._batch_in_thread(b)
     return time.perf_counter() - w0, time.thread_time() - c0, len(batches)
 
 
@@ -140,12 +133,12 @@ def main() -> int:
         per_push = slope(xs, ys)
         fixed = sum(ys) / len(ys) - per_push * sum(xs) / len(xs)
         print(f"fit: CPU per batch = {fixed:.2f} ms fixed + {per_push * 1000:.1f} us per push")
-        if args.profile and args.db == "sqlite":
+        if args.profile:
             size = args.profile
             ops = build_ops(cfg, f"p{size}-", 100 * size)
             prof = cProfile.Profile()
             prof.enable()
-            measure(store, "sqlite", ops, size)
+            measure(store, args.db, ops, size)
             prof.disable()
             stats = pstats.Stats(prof)
             total = sum(group(stats).values())
@@ -154,10 +147,7 @@ def main() -> int:
             for key, t in sorted(group(stats).items(), key=lambda kv: -kv[1]):
                 print(f"   {100 * t / total:5.1f} %  {key}")
             stats.sort_stats("tottime").print_stats(12)
-        if args.db == "postgres":
-            _LOOP.run_until_complete(store.close())
-        else:
-            store._batch_engine.dispose()
+        _LOOP.run_until_complete(store.close())
     finally:
         db.drop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -132,12 +132,12 @@ def categorise(frames: list[str]) -> str:
 
 def thread_role(text: str) -> str:
     """What a thread is, from its name and all its stacks (an idle writer looks like any executor)."""
-    if "sqlite-writer" in text:
-        return "sqlite writer thread"
+    if "db-writer" in text:
+        return "database writer thread"
     if "MainThread" in text:
         return "event loop (main) thread"
     if "relay/store/sqlite.py" in text or ("concurrent/futures/thread.py" in text and "sqlite" in text.lower()):
-        return "sqlite writer thread"
+        return "database writer thread"
     if "aiosqlite/core.py" in text:
         return "aiosqlite reader threads"
     if "asyncio/runners.py" in text or "relay/cli.py" in text or "MainThread" in text:
@@ -278,7 +278,7 @@ def main() -> int:
     p.add_argument("--instant-store", action="store_true",
                    help="diagnostic: the store answers at once without writing (relay_wrapper.py --instant-store)")
     p.add_argument("--sync-commit", action="store_true",
-                   help="diagnostic: SQLite batches on the event loop, no writer thread (relay_wrapper.py --sync-commit)")
+                   help="diagnostic: group commits on the event loop, no writer thread (relay_wrapper.py --sync-commit)")
     p.add_argument("--rate", type=float, help="pace the load at this many pushes/s (default: as fast as it goes)")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--out", help="directory for raw profiles (default bench/results/profile-<time>)")

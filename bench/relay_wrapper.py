@@ -17,7 +17,7 @@ time, and the rest of the transaction (BEGIN IMMEDIATE and COMMIT, i.e. the WAL 
 
 Diagnostics (never benchmark figures): ``--instant-store`` makes the store answer every push at once
 as applied without writing anything (the receiver's cost with a free store and no writer thread);
-``--sync-commit`` runs each SQLite group commit on the event loop itself instead of the writer thread
+``--sync-commit`` runs each group commit on the event loop itself instead of the writer thread
 (the loop blocks for the batch, fsync included, but no GIL is handed between two threads).
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 
 
 def instrument(path: Path) -> None:
-    from relay.store import sql, sqlite
+    from relay.store import sql
 
     batches: list[dict[str, float]] = []
     local_rec: list[dict[str, float]] = []  # the batch in progress (one writer: at most one at a time)
@@ -43,7 +43,7 @@ def instrument(path: Path) -> None:
 
     orig_commit = sql.SqlStore._commit_batch
     orig_apply = sql.SqlStore._apply_batch
-    orig_in_thread = sqlite.SQLiteStore._batch_in_thread
+    orig_in_thread = sql.SqlStore._batch_in_thread
 
     async def commit_batch(self: Any, ops: list[Any]) -> Any:
         rec: dict[str, float] = {"ops": len(ops)}
@@ -84,7 +84,7 @@ def instrument(path: Path) -> None:
 
     sql.SqlStore._commit_batch = commit_batch  # type: ignore[method-assign]
     sql.SqlStore._apply_batch = apply_batch  # type: ignore[method-assign]
-    sqlite.SQLiteStore._batch_in_thread = batch_in_thread  # type: ignore[method-assign]
+    sql.SqlStore._batch_in_thread = batch_in_thread  # type: ignore[method-assign]
 
     def dump() -> None:
         path.write_text(json.dumps({"batches": batches}))
@@ -107,12 +107,12 @@ def instant_store() -> None:
 
 
 def sync_commit() -> None:
-    from relay.store import sqlite
+    from relay.store import sql
 
     async def run_batch(self: Any, ops: list[Any]) -> Any:
         return self._batch_in_thread(ops)
 
-    sqlite.SQLiteStore._run_batch = run_batch  # type: ignore[method-assign]
+    sql.SqlStore._run_batch = run_batch  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--loop", choices=["asyncio", "uvloop"])
     parser.add_argument("--instrument", help="write per-batch group-commit timings here at exit")
     parser.add_argument("--instant-store", action="store_true", help="diagnostic: answer pushes without storing")
-    parser.add_argument("--sync-commit", action="store_true", help="diagnostic: SQLite batches on the event loop")
+    parser.add_argument("--sync-commit", action="store_true", help="diagnostic: group commits on the event loop")
     args, rest = parser.parse_known_args()
     if args.loop == "uvloop":
         import uvloop

@@ -138,6 +138,7 @@ class StateWrite:
     object_hash: str
     last_updated: datetime | None
     deleted: bool = False
+    text: str | None = None  # ``object`` as JSON when the operation already serialised it
 
 
 @dataclass(slots=True)
