@@ -138,8 +138,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             event_loop=args.event_loop,
         )
         setup_logging(settings.log_level)
-        from relay.runtime import loop_factory, run
+        from relay.runtime import loop_factory, run, tune_gc
 
+        tune_gc()
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
             runner.run(run(settings))
         return 0

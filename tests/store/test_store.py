@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -235,3 +237,40 @@ async def test_relay_migrate_from_several_processes_at_once_is_safe(database_url
         assert await s.schema_revision() == head_revision()
     finally:
         await s.close()
+
+
+async def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """Commits never checkpoint (wal_autocheckpoint=0 on every connection); the store's background
+    task copies the WAL into the database file while it runs, and once more when it closes."""
+    db = tmp_path / "ckpt.db"
+    s = open_store(f"sqlite:///{db}")
+    await s.migrate()
+    await s.start()
+    try:
+        start_size = db.stat().st_size
+        body = '{"pad": "' + "x" * 4000 + '"}'
+        await asyncio.gather(*(s.submit(AppendOp(f"c{i}", i)) for i in range(10)))
+        plans = await asyncio.gather(*(s.submit(_BigOp(f"b{i}", body)) for i in range(300)))
+        assert all(p.seq is not None for p in plans)
+        # ~2.4 MB went to the WAL: the database file itself grows only through a checkpoint
+        deadline = asyncio.get_running_loop().time() + 15
+        while db.stat().st_size < start_size + 1_000_000:
+            assert asyncio.get_running_loop().time() < deadline, "the WAL was not checkpointed within 15 s"
+            await asyncio.sleep(0.1)
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)  # a fresh connection's default
+    finally:
+        await s.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM event").fetchone() == (310,)
+
+
+class _BigOp:
+    def __init__(self, object_id: str, body: str) -> None:
+        self.key = StateKey("sessions", "NL", "GFX", object_id)
+        self.reads = (self.key,)
+        self.body = body
+
+    def plan(self, states: Mapping[StateKey, StoredState | None]) -> Plan:
+        return Plan(event=_event(self.key.object_id, self.body),
+                    states=[StateWrite(self.key, {"id": self.key.object_id, "pad": self.body}, "h", None)])
