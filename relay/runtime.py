@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from relay.http.app import create_app
+from relay.http.protocol import CoalescingHttpToolsProtocol
 from relay.log import ports_logger
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
@@ -81,7 +82,7 @@ def http_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: R
     async def serve(stop: asyncio.Event) -> None:
         app = create_app(settings, store, holder)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=10, server_header=False)
+                                timeout_graceful_shutdown=10, server_header=False, http=CoalescingHttpToolsProtocol)
         server = _Server(config)
         sock = bind(settings.http_host, settings.http_port)
         info.ports["http"] = sock.getsockname()[1]
