@@ -197,6 +197,23 @@ async def test_schema_is_at_head_after_migrate(store: SqlStore) -> None:
     assert await store.ping()
 
 
+async def test_postgresql_compresses_the_json_columns_with_lz4(store: SqlStore) -> None:
+    if store.dialect != "postgresql":
+        pytest.skip("column compression is a PostgreSQL setting")
+    from sqlalchemy import text
+
+    async with store.engine.connect() as conn:
+        if not (await conn.execute(text(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+        ))).scalar():
+            pytest.skip("this PostgreSQL server was built without lz4")
+        rows = (await conn.execute(text(
+            "SELECT attrelid::regclass::text, attname, attcompression::text FROM pg_attribute "
+            "WHERE attrelid IN ('event'::regclass, 'state'::regclass) AND attname IN ('body', 'object')"
+        ))).all()
+    assert sorted(tuple(r) for r in rows) == [("event", "body", "l"), ("event", "object", "l"), ("state", "object", "l")]
+
+
 async def test_migrations_downgrade_to_base_and_upgrade_again(database_url: str) -> None:
     """Every revision's downgrade works, so an operator can step back; the suite itself runs on head."""
     import asyncio as _asyncio
