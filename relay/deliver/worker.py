@@ -1,8 +1,9 @@
 """Delivery workers: one loop per target claims due outbox rows, sends them, records each outcome.
 
-Per target: at most ``concurrency`` chains sending at once, ``rate_limit`` requests/s (token
-bucket), and a circuit breaker that pauses a failing target and lets one probe through; each target
-has its own loop, so a slow or failing partner never holds up another. A claim commits before any
+Per target: at most ``concurrency`` requests on the wire (SendSlots; more chains than that may be
+claimed, so that sends go on while other chains wait for their outcomes' commits), ``rate_limit``
+requests/s (token bucket), and a circuit breaker that pauses a failing target and lets one probe
+through; each target has its own loop, so a slow or failing partner never holds up another. A claim commits before any
 send; each outcome is recorded in a new transaction (group-committed with the outcomes that finished
 meanwhile) before the object's next row goes out, so a crash can repeat a delivery but never reorder
 an object's deliveries (order rules: relay.store.outbox). Held rows have their lease renewed; rows of
@@ -58,6 +59,10 @@ LEASE_MARGIN = 30.0  # lease = target.timeout + this, renewed every LEASE_RENEW 
 LEASE_RENEW = 10.0
 HOUSEKEEPING_INTERVAL = 2.0  # expired-lease takeover
 CHAIN_MAX = 16  # rows of one object one claim may take (sent one after another)
+# Chains per target = concurrency * CHAIN_OVERLAP; requests on the wire stay <= concurrency. A chain
+# spends most of its time waiting for the commit of its last outcome (it must be durable before the
+# object's next row goes out), so with one chain per wire slot the slots sit idle during commits.
+CHAIN_OVERLAP = 4
 MAX_CLAIM_ROWS = 256
 EVENT_CLAIM_GAP = 0.05  # new events trigger at most one claim per this many seconds
 GAUGE_INTERVAL = 2.0  # outbox depth / dead letter gauges (a grouped count over open and dead rows)
@@ -73,11 +78,16 @@ def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, inf
         # No connection cap in aiohttp: per-target concurrency is the limit, so a slow partner
         # holding its connections cannot starve another target's sends.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
-            dispatcher = Dispatcher(Outbox(store), holder, session, owner=settings.instance,
-                                    claim_max=settings.delivery_concurrency)
-            holder.on_change(lambda _cfg: dispatcher.reconfigure())
-            await dispatcher.run(stop)
+        # The workers' outbox transactions run on a thread of their own on SQLite (see Outbox).
+        outbox = Outbox(store, own_thread=True)
+        try:
+            async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
+                dispatcher = Dispatcher(outbox, holder, session, owner=settings.instance,
+                                        claim_max=settings.delivery_concurrency)
+                holder.on_change(lambda _cfg: dispatcher.reconfigure())
+                await dispatcher.run(stop)
+        finally:
+            await outbox.close()
 
     return part
 
@@ -269,12 +279,59 @@ class Dispatcher:
 Chain = list[tuple[ClaimedDelivery, "EventRecord | None"]]
 
 
+class SendSlots:
+    """A FIFO semaphore whose size follows config reloads (``asyncio.Semaphore`` cannot be resized).
+
+    It bounds the requests a target has on the wire to ``concurrency``, independently of how many
+    chains are claimed: a chain holds a slot only around one send, never while its outcome commits.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.held = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._wake()
+
+    async def acquire(self) -> None:
+        if self.held < self.capacity and not self._waiters:
+            self.held += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # handed a slot, then cancelled before using it: pass it on
+            raise
+
+    def release(self) -> None:
+        self.held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        # a slot is handed over (counted here) rather than freed, so a newcomer cannot jump the queue
+        while self._waiters and self.held < self.capacity:
+            future = self._waiters.popleft()
+            if not future.done():  # a cancelled waiter is skipped
+                self.held += 1
+                future.set_result(None)
+
+
 class TargetLoop:
     """Claims and sends for one target; ``target`` is swapped on reload, read again for every claim.
 
     A claim takes up to CHAIN_MAX rows per object; each object's rows go out one after another in
     one task (a *chain*), so a busy object costs one claim per chain instead of one per row. A chain
     stops at a row that must wait (retry), and hands the rest back to ``pending`` untouched.
+
+    Up to ``concurrency * CHAIN_OVERLAP`` chains run at once, but a send needs one of the target's
+    ``concurrency`` SendSlots: while one chain waits for its outcome to commit (before its object's
+    next row may go out) another chain's request uses the slot. Order per object is unaffected (one
+    chain per object, and a claim never takes the head of an object that has a row in flight).
     """
 
     def __init__(self, target: Target, dispatcher: Dispatcher) -> None:
@@ -287,17 +344,20 @@ class TargetLoop:
         self.chains: set[asyncio.Task[None]] = set()
         self.held: set[int] = set()  # claimed and not settled: their leases are renewed
         self.sending = 0  # requests on the wire right now
+        self.slots = SendSlots(target.concurrency)  # sending <= slots.held <= concurrency
         self.breaker = CircuitBreaker(target.retry_base, target.retry_max)
         self.bucket = TokenBucket(target.rate_limit, time.monotonic()) if target.rate_limit else None
         # earliest retry this loop scheduled itself: wake for it rather than waiting for the next poll
         self.retry_at: float | None = None
         self.unblocked = False  # a chain finished since the last claim
+        self.full_claim = False  # the last claim got all the heads it asked for: more are likely due
         self.last_claim = float("-inf")
 
     def update(self, target: Target) -> None:
         if target.rate_limit != self.target.rate_limit:
             self.bucket = TokenBucket(target.rate_limit, time.monotonic()) if target.rate_limit else None
         self.breaker.base, self.breaker.cap = target.retry_base, target.retry_max
+        self.slots.resize(target.concurrency)
         self.target = target
         self.kick.set()
 
@@ -309,6 +369,9 @@ class TargetLoop:
     async def renew(self) -> None:
         """Lease heartbeat for every row this loop holds (queued, paced or being sent)."""
         await self.d.outbox.extend(sorted(self.held), self.d.owner, self.target.timeout + LEASE_MARGIN)
+
+    def max_chains(self) -> int:
+        return self.target.concurrency * CHAIN_OVERLAP
 
     async def run(self, stop: asyncio.Event) -> None:
         polled = True
@@ -341,41 +404,39 @@ class TargetLoop:
             self.retry_at = None
         self._start_chains()
         allowance = self.breaker.allowance(now, self.sending)
-        if allowance == 0 or len(self.ready) >= target.concurrency:
+        if allowance == 0 or len(self.ready) >= self.max_chains():
             # a finishing chain kicks us; an open breaker says when it lets a probe through
             return self.breaker.wait(now) or POLL_INTERVAL
         # A timer poll first asks cheaply (a read) whether anything is due. A kick for new events goes
         # straight on, at most every EVENT_CLAIM_GAP: under steady ingest the new rows mostly belong
         # to objects already in flight, and a claim per commit would only find them blocked. A chain
         # that finished unblocks its object, so that kick claims at once.
-        if polled and not await self.d.outbox.has_due(target.name):
+        # After a full claim neither applies: more is due, and the check would cost a read per claim.
+        if polled and not self.full_claim and not await self.d.outbox.has_due(target.name):
             return POLL_INTERVAL
-        if not polled and not self.unblocked and now - self.last_claim < EVENT_CLAIM_GAP:
+        if (not polled and not self.unblocked and not self.full_claim
+                and now - self.last_claim < EVENT_CLAIM_GAP):
             return EVENT_CLAIM_GAP - (now - self.last_claim)
-        self.unblocked, self.last_claim = False, now
-        heads = 1 if allowance == 1 else max(1, min(self.d.claim_max,
-                                                     2 * target.concurrency - len(self.ready) - len(self.chains)))
+        self.unblocked, self.full_claim, self.last_claim = False, False, now
+        room = 2 * self.max_chains() - len(self.ready) - len(self.chains)
+        heads = 1 if allowance == 1 else max(1, min(self.d.claim_max, room))
         rows = await self.d.outbox.claim(target.name, heads, self.d.owner, target.timeout + LEASE_MARGIN,
-                                         chain=CHAIN_MAX, max_rows=MAX_CLAIM_ROWS)
+                                         chain=CHAIN_MAX, max_rows=MAX_CLAIM_ROWS, with_events=True)
         # a row of ours whose lease ran out (a stalled renewal) may come back: it is already in hand
         rows = [r for r in rows if r.id not in self.held]
         if not rows:
             return POLL_INTERVAL
         self.held.update(r.id for r in rows)
-        try:
-            events = await self.d.outbox.events(r.seq for r in rows)
-        except StoreError:
-            await self._release([r.id for r in rows])
-            raise
         chains: dict[str, Chain] = {}
         for row in rows:  # claim() sorts by (object, seq)
-            chains.setdefault(row.object_key, []).append((row, events.get(row.seq)))
+            chains.setdefault(row.object_key, []).append((row, row.event))
         self.ready.extend(chains.values())
         self._start_chains()
-        return 0.0 if len(chains) >= heads else POLL_INTERVAL
+        self.full_claim = len(chains) >= heads
+        return 0.0 if self.full_claim else POLL_INTERVAL
 
     def _start_chains(self) -> None:
-        while self.ready and len(self.chains) < self.target.concurrency:
+        while self.ready and len(self.chains) < self.max_chains():
             allowance = self.breaker.allowance(time.monotonic(), self.sending)
             if allowance == 0 or (allowance == 1 and self.chains):
                 return  # open, or half-open with its one probe already under way
@@ -387,17 +448,21 @@ class TargetLoop:
         sent_upto = 0
         try:
             for row, event in chain:
-                if self.stopping or self.retired or not await self._pace():
-                    break
-                self.sending += 1
+                await self.slots.acquire()
                 try:
-                    outcome, sent = await self._attempt(row, event)
-                except Exception as exc:  # noqa: BLE001 - a bug here must not lose the row: retry it later
-                    logger.exception("delivery attempt failed unexpectedly",
-                                     extra={"target": row.target, "seq": row.seq})
-                    outcome, sent = Retryable(f"internal error: {type(exc).__name__}"), False
+                    if self.stopping or self.retired or not await self._pace():
+                        break
+                    self.sending += 1
+                    try:
+                        outcome, sent = await self._attempt(row, event)
+                    except Exception as exc:  # noqa: BLE001 - a bug here must not lose the row: retry it later
+                        logger.exception("delivery attempt failed unexpectedly",
+                                         extra={"target": row.target, "seq": row.seq})
+                        outcome, sent = Retryable(f"internal error: {type(exc).__name__}"), False
+                    finally:
+                        self.sending -= 1
                 finally:
-                    self.sending -= 1
+                    self.slots.release()
                 settled = self._settle(row, event, outcome, sent)
                 await self.d.writer.record(OutcomeWrite(
                     row.id, settled.state, settled.attempts, settled.next_attempt_at, settled.http_status,

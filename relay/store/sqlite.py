@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
 
 
-def _pragmas(engine: Engine, *, immediate: bool, busy_ms: int) -> None:
+def apply_pragmas(engine: Engine, *, immediate: bool, busy_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event decide how transactions start (pysqlite's own BEGIN is deferred).
@@ -105,18 +105,18 @@ class SQLiteStore(SqlStore):
     def _make_batch_engine(self) -> Engine:
         sync_url = self.url.replace("sqlite+aiosqlite:", "sqlite:", 1)
         engine = create_engine(sync_url, poolclass=QueuePool, pool_size=1, max_overflow=0)
-        _pragmas(engine, immediate=True, busy_ms=int(self.timeout * 1000))
+        apply_pragmas(engine, immediate=True, busy_ms=int(self.timeout * 1000))
         return engine
 
     def _make_engine(self) -> AsyncEngine:
         engine = create_async_engine(self.url, poolclass=AsyncAdaptedQueuePool, pool_size=self.pool_size, max_overflow=4)
-        _pragmas(engine.sync_engine, immediate=False, busy_ms=int(self.timeout * 1000))
+        apply_pragmas(engine.sync_engine, immediate=False, busy_ms=int(self.timeout * 1000))
         return engine
 
     def _make_write_engine(self) -> AsyncEngine:
         # Small write transactions outside the group commit (outbox claims, cursors) begin IMMEDIATE too.
         engine = create_async_engine(self.url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=2)
-        _pragmas(engine.sync_engine, immediate=True, busy_ms=int(self.timeout * 1000))
+        apply_pragmas(engine.sync_engine, immediate=True, busy_ms=int(self.timeout * 1000))
         return engine
 
     def _bind_time(self, value: datetime | None) -> Any:
