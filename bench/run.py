@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="PostgreSQL admin URL (bench databases are created and dropped through it)")
     p.add_argument("--out", help="result JSON (default bench/results/<UTC time>-<commit>.json)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs) for inspection")
+    p.add_argument("--paced-rate", type=float, help="pushes/s of the steady and memory runs (default: derived "
+                   "from this run's ingest figures, 500 without them); fixes the load to compare commits")
     return p.parse_args(argv)
 
 
@@ -128,8 +130,10 @@ def count_steps(plan: Plan) -> int:
     return sum(steps[s] for s in plan.sections)
 
 
-def paced_rates(results: dict[str, Any], plan: Plan) -> tuple[float, float, str]:
+def paced_rates(results: dict[str, Any], plan: Plan, fixed: float | None = None) -> tuple[float, float, str]:
     """(steady rate, memory rate, how they were chosen) from the ingest figures of this run."""
+    if fixed:
+        return fixed, fixed, f"fixed {fixed:g}/s (--paced-rate)"
     ing = results.get("ingest")
     measured = sections.durable_rate(ing, plan.dbs[0])
     ceiling = sections.ceiling_rate(ing, plan.dbs[0])
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "delivery":
                     results["delivery"] = sections.delivery(bench)
                 else:
-                    steady_rate, mem_rate, why = paced_rates(results, plan)
+                    steady_rate, mem_rate, why = paced_rates(results, plan, args.paced_rate)
                     results["paced_rates"] = why
                     if name == "steady":
                         results["steady"] = sections.steady(bench, steady_rate)

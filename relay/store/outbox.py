@@ -40,7 +40,7 @@ from sqlalchemy.pool import QueuePool
 from relay.errors import StoreError
 from relay.store.base import EventRecord
 from relay.store.sql import SqlStore, _event, now_utc
-from relay.store.sqlite import apply_pragmas
+from relay.store.sqlite import SQLiteStore, apply_pragmas
 from relay.store.tables import DELIVERY, EVENT
 
 OPEN_STATES = ("pending", "in_flight")
@@ -173,7 +173,8 @@ class _OwnThread:
     thread means this Outbox's transactions queue here instead of on the database lock.
     """
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SQLiteStore) -> None:
+        self.gate = store.write_gate  # the group commit goes first (see WriteGate)
         sync_url = store.url.replace("sqlite+aiosqlite:", "sqlite:", 1)
         self.engine: Engine = create_engine(sync_url, poolclass=QueuePool, pool_size=1, max_overflow=0)
         apply_pragmas(self.engine, immediate=True, busy_ms=int(store.timeout * 1000))
@@ -183,7 +184,7 @@ class _OwnThread:
         return await asyncio.get_running_loop().run_in_executor(self.thread, self._in_thread, work)
 
     def _in_thread(self, work: Callable[[Connection], T]) -> T:
-        with self.engine.begin() as conn:
+        with self.gate.hold(urgent=False), self.engine.begin() as conn:
             return work(conn)
 
     async def close(self) -> None:
@@ -203,7 +204,7 @@ class Outbox:
         self.store = store
         # PostgreSQL stays on asyncpg: psycopg on a thread measured no better (the GIL it takes back
         # from the event loop costs what the saved hand-offs gain)
-        self._thread = _OwnThread(store) if own_thread and store.dialect == "sqlite" else None
+        self._thread = _OwnThread(store) if own_thread and isinstance(store, SQLiteStore) else None
         # SQLite has one writer: queueing our own writes here keeps at most one of this process's
         # outbox transactions waiting on the database lock next to the ingest writer.
         self._write_lock = asyncio.Lock() if store.dialect == "sqlite" else None

@@ -291,3 +291,41 @@ class _BigOp:
     def plan(self, states: Mapping[StateKey, StoredState | None]) -> Plan:
         return Plan(event=_event(self.key.object_id, self.body),
                     states=[StateWrite(self.key, {"id": self.key.object_id, "pad": self.body}, "h", None)])
+
+
+def test_sqlite_write_gate_lets_a_waiting_group_commit_go_first() -> None:
+    """Writer threads of one process queue on the gate (not on SQLite's sleeping busy handler), and
+    a waiting group commit (urgent) goes before the outbox thread's transactions."""
+    import threading
+    import time
+
+    from relay.store.sqlite import WriteGate
+
+    gate = WriteGate()
+    order: list[str] = []
+    holding = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with gate.hold(urgent=False):
+            holding.set()
+            release.wait(5)
+            order.append("first")
+
+    def waiter(name: str, urgent: bool) -> None:
+        with gate.hold(urgent=urgent):
+            order.append(name)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    assert holding.wait(5)
+    for name, urgent in (("outbox-1", False), ("outbox-2", False), ("ingest", True)):
+        t = threading.Thread(target=waiter, args=(name, urgent))
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)  # each is waiting before the next arrives
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order[:2] == ["first", "ingest"]
+    assert sorted(order[2:]) == ["outbox-1", "outbox-2"]
