@@ -60,6 +60,12 @@ _RECORD = (
             claimed_by=None, claimed_until=None, updated_at=bindparam("b_now"))
 )
 
+_RECORD_SQLITE = (
+    "UPDATE delivery SET state = ?, attempts = ?, next_attempt_at = ?, last_http_status = ?, last_ocpi_status = ?, "
+    "last_error = ?, claimed_by = NULL, claimed_until = NULL, updated_at = ? "
+    "WHERE id = ? AND state = 'in_flight' AND claimed_by = ?"
+)
+
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
@@ -381,6 +387,15 @@ class Outbox:
         if not outcomes:
             return
         now = now_utc()
+        if self._thread is not None:
+            # the workers' SQLite thread: the same fenced UPDATE as _RECORD, as driver-level SQL fed
+            # tuples (SQLAlchemy's per-row parameter processing was most of this write's GIL time)
+            t = self.store._bind_time
+            now_b = t(now)
+            rows = [(o.state, o.attempts, t(o.next_attempt_at), o.http_status, o.ocpi_status, o.error, now_b, o.id,
+                     owner) for o in outcomes]
+            await self._transaction(lambda conn: conn.exec_driver_sql(_RECORD_SQLITE, rows))
+            return
         params = [
             {"b_id": o.id, "b_owner": owner, "b_state": o.state, "b_attempts": o.attempts, "b_next": o.next_attempt_at,
              "b_http": o.http_status, "b_ocpi": o.ocpi_status, "b_error": o.error, "b_now": now}
