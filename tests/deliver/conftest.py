@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from relay.runtime import bind
 from relay.settings import Settings
+from relay.store import SqlStore, open_store
 from relay.store.outbox import DeliveryRecord, Outbox
 from tests.conftest import SESSION_ID, RelayHandle, eventually, example
 
@@ -246,3 +247,14 @@ async def patch_session(relay: RelayHandle, i: int, kwh: float, session_id: str 
     ts = (datetime(2024, 3, 5, 8, 15, tzinfo=UTC) + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
     ans = await relay.patch(session_path(session_id), {"kwh": kwh, "last_updated": ts})
     assert ans.body.get("status_code") == 1000, ans.body
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    """A migrated store on each database, not started (the outbox tests drive it directly)."""
+    s = open_store(database_url)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from relay.store import SqlStore, open_store
 from relay.store.outbox import ClaimedDelivery, NewOutboxRow, Outbox, OutcomeWrite
 from tests.conftest import eventually
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    s = open_store(database_url)
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _now() -> datetime:

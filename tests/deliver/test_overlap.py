@@ -119,16 +119,6 @@ async def test_many_claimed_chains_still_send_one_at_a_time_and_in_order_per_obj
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    s = open_store(database_url)
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
 async def outbox(store: SqlStore) -> AsyncIterator[Outbox]:
     o = Outbox(store, own_thread=True)
     try:
