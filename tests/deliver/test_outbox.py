@@ -6,6 +6,8 @@ import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from relay.store import SqlStore, open_store
 from relay.store.outbox import ClaimedDelivery, NewOutboxRow, Outbox, OutcomeWrite
 from tests.conftest import eventually
@@ -59,8 +61,19 @@ async def test_a_dead_row_does_not_block_later_rows_and_its_retry_waits_for_them
     assert [(c.id, c.attempts) for c in again] == [(first.id, 0)]
 
 
-async def test_an_expired_lease_is_taken_over_and_the_old_owner_can_no_longer_record(store: SqlStore) -> None:
-    outbox = Outbox(store)
+@pytest.mark.parametrize("own_thread", [False, True], ids=["engine", "own-thread"])
+async def test_an_expired_lease_is_taken_over_and_the_old_owner_can_no_longer_record(
+    store: SqlStore, own_thread: bool
+) -> None:
+    """On the store's engine (CLI) and on the workers' own outbox thread alike."""
+    outbox = Outbox(store, own_thread=own_thread)
+    try:
+        await _lease_takeover(outbox)
+    finally:
+        await outbox.close()
+
+
+async def _lease_takeover(outbox: Outbox) -> None:
     await _queue(outbox, objects=1, per_object=1)
     (row,) = await outbox.claim("t", 10, "crashed", lease=0.05)
 

@@ -19,7 +19,7 @@ import pytest
 from relay.deliver.worker import SendSlots
 from relay.store import SqlStore, open_store
 from relay.store.outbox import NewOutboxRow, Outbox, OutcomeWrite
-from tests.conftest import SESSION_ID, RelayHandle, eventually
+from tests.conftest import SESSION_ID, RelayHandle
 from tests.deliver.conftest import PartnerSink, Received, Reply, put_session, until
 
 ONE_AT_A_TIME = """
@@ -151,18 +151,6 @@ async def test_own_thread_outbox_claims_chains_fences_and_hands_back(outbox: Out
     await outbox.record([OutcomeWrite(o1[0].id, "done", 1, _now())], "w1")
     again = await outbox.claim("t", 10, "w1", 30, chain=5)
     assert [(c.object_key[-2:], c.seq) for c in again] == [("o1", 3), ("o1", 5)]  # o0 waits behind seq 4
-
-
-async def test_own_thread_outbox_takes_over_expired_leases(outbox: Outbox) -> None:
-    assert await outbox.enqueue_missing([NewOutboxRow(1, "t", "r", "k")]) == 1
-    (row,) = await outbox.claim("t", 10, "crashed", lease=0.05)
-
-    async def reaped() -> bool:
-        return await outbox.reap_expired() == 1
-
-    await eventually(reaped, timeout=5)
-    (again,) = await outbox.claim("t", 10, "w2", 30)
-    assert again.id == row.id and again.attempts == 0
 
 
 async def test_two_own_thread_outboxes_never_share_a_row_nor_an_object(database_url: str, store: SqlStore) -> None:
