@@ -24,7 +24,7 @@ from relay.settings import Settings
 from relay.store import SqlStore, async_url
 from relay.store.migrate import upgrade_to_head
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ocpi" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "ocpi"
 PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 GFX_TOKEN = "gfx-test-token-4f1c9a"
 LIMITED_TOKEN = "limited-test-token-77b2"

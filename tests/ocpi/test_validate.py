@@ -1,4 +1,4 @@
-"""relay.ocpi.validate against the shared OCPI examples and the receiver brief's policies."""
+"""relay.ocpi.validate against the OCPI examples in tests/fixtures/ocpi and the receiver brief's policies."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from relay.errors import INVALID_PARAMS, OcpiError
 from relay.ocpi.validate import MODULES, check_path_ids, format_datetime, parse_datetime, validate_object
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "ocpi" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "ocpi"
 
 LOC_ID = "3f9c1e72-8a4d-4b6e-9d21-5c7a0e4b18f6"
 SESSION_ID = "NLGFX638452100421337012-4c1e9"

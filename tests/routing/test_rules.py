@@ -13,7 +13,7 @@ import pytest
 from relay.routing.config import RoutingConfig, load_config
 from relay.routing.rules import route
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "ocpi" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "ocpi"
 ENV = {"RELAY_A": "token-a", "RELAY_B": "token-b"}
 TARGETS = """\
 targets:

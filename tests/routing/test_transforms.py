@@ -18,7 +18,7 @@ from relay.routing.rules import route
 from relay.routing.transforms import apply_transforms, values_at
 from relay.settings import Secret
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "ocpi" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "ocpi"
 SHIPPED = Path(__file__).resolve().parents[2] / "forwarding.yaml"
 KEY = Secret("pseudo-key-a9f0c6")
 
