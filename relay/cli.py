@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-migrate", action="store_true", help="do not apply database migrations at start")
     p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"],
                    help="event loop implementation (env RELAY_EVENT_LOOP; default auto: uvloop if installed)")
+    p.add_argument("--write-queue-max-bytes", type=int,
+                   help="bytes of pushes waiting for a group commit at most (env RELAY_WRITE_QUEUE_MAX_BYTES; "
+                        "default 64 MiB)")
+    p.add_argument("--write-queue-timeout", type=float,
+                   help="seconds a push waits for room in a full write queue before 503/3000 "
+                        "(env RELAY_WRITE_QUEUE_TIMEOUT; default 5)")
 
     p = sub.add_parser("migrate", help="apply database migrations and exit", formatter_class=fmt)
     add_common_options(p)
@@ -135,7 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             grpc_port=args.grpc_port, base_path=args.base_path, max_body_bytes=args.max_body_bytes,
             http=False if args.no_http else None, grpc=False if args.no_grpc else None,
             workers=False if args.no_workers else None, migrate=False if args.no_migrate else None,
-            event_loop=args.event_loop,
+            event_loop=args.event_loop, write_queue_max_bytes=args.write_queue_max_bytes,
+            write_queue_timeout=args.write_queue_timeout,
         )
         setup_logging(settings.log_level)
         from relay.runtime import loop_factory, run, tune_gc

@@ -3,6 +3,7 @@
     OcpiError            the one error that reaches the HTTP wire (status + OCPI status_code)
     RelayError           internal failures, never shown to a sender as such
      +-- StoreError      database failures, translated inside relay.store
+     |    +-- RowRefused the database refused one operation's values (its fault, not the database's)
      +-- ConfigError     forwarding.yaml / settings problems, carry ``file:line``
      +-- DeliveryError   a failed delivery attempt, ``retryable`` says what the worker does next
 """
@@ -71,6 +72,14 @@ class RelayError(Exception):
 
 class StoreError(RelayError):
     """The database failed (unreachable, locked, read-only, constraint)."""
+
+
+class RowRefused(StoreError):
+    """The database refused the values of one operation (too long, out of range, a NUL byte).
+
+    The group commit isolates it from the rest of its batch, which commits; the caller answers it as
+    invalid input (400/2001) rather than as a database fault (3000).
+    """
 
 
 class ConfigError(RelayError):

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from relay import metrics
-from relay.errors import INVALID_PARAMS, SUCCESS, OcpiError
+from relay.errors import INVALID_PARAMS, SUCCESS, OcpiError, RowRefused
 from relay.ocpi import merge
 from relay.ocpi.paths import Address
 from relay.ocpi.validate import check_path_ids, parse_datetime, validate_object
@@ -147,6 +147,9 @@ class Ingestor:
             return await self._handle(push)
         except OcpiError as err:
             return await self._reject(push, err)
+        except RowRefused as exc:
+            # Validation should have caught it; the group commit isolated it from its batch.
+            return await self._reject(push, OcpiError.bad_request(f"a value of this push cannot be stored: {exc}"))
 
     async def _handle(self, push: Push) -> Outcome:
         addr, src = push.address, push.source
@@ -264,15 +267,25 @@ class Ingestor:
         if push.replay_of is not None:
             await self.store.update_rejected_reason(push.replay_of, err.http_status, err.status_code, err.message)
             return outcome
-        await self.store.submit(_RejectOp(_rejected_row(push, err.http_status, err.status_code, err.message), outcome))
+        try:
+            await self.store.submit(_RejectOp(_rejected_row(push, err.http_status, err.status_code, err.message),
+                                              outcome))
+        except RowRefused:
+            logger.error("refused push could not be kept in rejected", extra={"ocpi_module": push.address.module})
         return outcome
+
+
+# Control characters (C0, DEL, C1) as %XX: a path or reason that carries them (a NUL the database
+# cannot store in text, an escape sequence for the operator's terminal) is kept visibly and safely. A
+# replayed record meets the same refusal: '%' is not allowed in an id.
+_CONTROL = {c: f"%{c:02X}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def _rejected_row(push: Push, http_status: int, status_code: int, reason: str) -> NewRejected:
     return NewRejected(
         received_at=push.received_at, subscription=push.source.name, origin=push.origin, method=push.method,
-        path=push.path, module=push.address.module, http_status=http_status, status_code=status_code,
-        reason=reason, body=push.body, request_id=push.request_id,
+        path=push.path.translate(_CONTROL), module=push.address.module, http_status=http_status,
+        status_code=status_code, reason=reason.translate(_CONTROL), body=push.body, request_id=push.request_id,
     )
 
 
@@ -281,6 +294,7 @@ class _RejectOp:
 
     def __init__(self, row: NewRejected, outcome: Outcome) -> None:
         self.row, self.outcome = row, outcome
+        self.size = len(row.body)  # bytes held in the group-commit queue
 
     def plan(self, states: Mapping[StateKey, StoredState | None]) -> Plan:
         return Plan(rejected=self.row, result=self.outcome)
@@ -293,6 +307,7 @@ class _PushOp:
                  config: RoutingConfig) -> None:
         self.push, self.key, self.obj, self.lu, self.config = push, key, obj, lu, config
         self.reads = (key,)
+        self.size = len(push.body)  # bytes held in the group-commit queue
 
     def plan(self, states: Mapping[StateKey, StoredState | None]) -> Plan:
         push, key, addr = self.push, self.key, self.push.address

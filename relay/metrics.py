@@ -25,6 +25,14 @@ REJECTED = Counter("relay_rejected", "Refused requests kept in `rejected`", ["mo
 AUTH_FAILURES = Counter("relay_auth_failures", "Requests without a valid token (never stored)", ["kind"], registry=REGISTRY)
 STORE_BATCH = Histogram("relay_store_batch_size", "Operations per group commit",
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=REGISTRY)
+STORE_QUEUE_FULL = Counter("relay_store_queue_full", "Writes that found the group-commit queue full and waited",
+                           registry=REGISTRY)
+STORE_QUEUE_REFUSED = Counter("relay_store_queue_refused",
+                              "Writes refused 503/3000: no room in the group-commit queue within the deadline",
+                              registry=REGISTRY)
+STORE_ROWS_REFUSED = Counter("relay_store_rows_refused",
+                             "Operations the database refused for their values, isolated from their batch",
+                             registry=REGISTRY)
 STREAM_SUBSCRIBERS = Gauge("relay_stream_subscribers", "Open gRPC Subscribe streams", registry=REGISTRY)
 STREAM_EVENTS = Counter("relay_stream_events", "Events sent to gRPC subscribers", registry=REGISTRY)
 STREAM_LAG = Gauge("relay_stream_max_lag", "Largest lag (events) of an open subscriber", registry=REGISTRY)

@@ -77,6 +77,9 @@ class Settings:
     # auto: uvloop when installed (it comes with uvicorn[standard]), else asyncio's own loop
     event_loop: str = "auto"
     instance: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # group-commit queue: bytes of queued pushes at most, and how long a push waits for room (then 503/3000)
+    write_queue_max_bytes: int = 64 * 1024 * 1024
+    write_queue_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -117,6 +120,10 @@ class Settings:
             problems.append("RELAY_MAX_BODY_BYTES: must be at least 1024")
         if not self.database_url.startswith(("sqlite:", "postgresql:", "postgres:", "postgresql+asyncpg:")):
             problems.append(f"RELAY_DATABASE_URL: unsupported database URL scheme in {self.redacted_url()!r}")
+        if self.write_queue_max_bytes < self.max_body_bytes:
+            problems.append("RELAY_WRITE_QUEUE_MAX_BYTES: must be at least RELAY_MAX_BODY_BYTES")
+        if self.write_queue_timeout <= 0:
+            problems.append("RELAY_WRITE_QUEUE_TIMEOUT: must be a positive number of seconds")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             problems.append(f"RELAY_EVENT_LOOP: expected auto, asyncio or uvloop, got {self.event_loop!r}")
         if problems:

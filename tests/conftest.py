@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
+import sqlite3
 import textwrap
 import time
 from collections import Counter
@@ -422,3 +424,29 @@ async def put_location_acked(session: aiohttp.ClientSession, url: str, loc_id: s
         data = await resp.json(content_type=None)
         if resp.status == 200 and data.get("status_code") == 1000:
             acked.add(loc_id)
+
+
+@contextlib.asynccontextmanager
+async def append_lock_held(database_url: str) -> AsyncIterator[None]:
+    """Hold the lock every group commit takes first, from another connection, until the block ends
+    (SQLite's write lock; PostgreSQL's append advisory lock): the relay's writes queue up behind it."""
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    import asyncpg
+
+    from relay.store.postgres import APPEND_LOCK
+
+    pg = await asyncpg.connect(database_url, timeout=5)
+    await pg.execute("SELECT pg_advisory_lock($1)", APPEND_LOCK)
+    try:
+        yield
+    finally:
+        await pg.execute("SELECT pg_advisory_unlock($1)", APPEND_LOCK)
+        await pg.close()

@@ -73,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
 
 async def _open(settings: Settings, head: str | None) -> SqlStore | None:
     store = open_store(settings.database_url, batch_max=settings.batch_max, pool_size=settings.db_pool_size,
-                       timeout=settings.db_timeout)
+                       timeout=settings.db_timeout, queue_max_bytes=settings.write_queue_max_bytes,
+                       queue_timeout=settings.write_queue_timeout)
     revision = await store.schema_revision()
     if revision != head:
         await store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from relay.store.base import Store
 from relay.store.sql import SqlStore
 
@@ -20,16 +22,19 @@ def async_url(database_url: str) -> str:
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
 
 
-def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0) -> SqlStore:
+def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0,
+               queue_max_bytes: int = 64 * 1024 * 1024, queue_timeout: float = 5.0) -> SqlStore:
     """A store for ``database_url`` (not started: call ``await store.start()``)."""
     url = async_url(database_url)
+    opts: dict[str, Any] = dict(batch_max=batch_max, pool_size=pool_size, timeout=timeout,
+                                queue_max_bytes=queue_max_bytes, queue_timeout=queue_timeout)
     if url.startswith("sqlite"):
         from relay.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url, batch_max=batch_max, pool_size=pool_size, timeout=timeout)
+        return SQLiteStore(url, **opts)
     from relay.store.postgres import PostgresStore
 
-    return PostgresStore(url, batch_max=batch_max, pool_size=pool_size, timeout=timeout)
+    return PostgresStore(url, **opts)
 
 
 __all__ = ["Store", "SqlStore", "async_url", "open_store"]

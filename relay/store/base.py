@@ -160,7 +160,13 @@ class Plan:
 
 
 class Operation(Protocol):
-    """A unit of work for the group-commit writer: which states it reads and how it decides."""
+    """A unit of work for the group-commit writer: which states it reads and how it decides.
+
+    ``plan`` may run more than once: when the database refuses some row of a batch, the batch is
+    retried in smaller transactions to isolate the operation at fault, so ``plan`` must decide from
+    ``states`` alone. An operation may also carry ``size``: the bytes it holds while queued (the
+    queue is bounded in bytes).
+    """
 
     @property
     def reads(self) -> Sequence[StateKey]: ...

@@ -57,6 +57,11 @@ class PostgresStore(SqlStore):
         sync_url = self.url.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1)
         return create_engine(
             sync_url, poolclass=QueuePool, pool_size=1, max_overflow=0, pool_pre_ping=True,
+            # Set, not inherited from the server or database default: the append lock orders appends
+            # only if max(seq) is read in a snapshot taken after the lock is granted. Under REPEATABLE
+            # READ or SERIALIZABLE the snapshot is taken by the lock statement itself, before it waits,
+            # and two replicas would number events from the same max(seq).
+            isolation_level="READ COMMITTED",
             connect_args={
                 "connect_timeout": max(1, int(self.timeout)),
                 # a batch stuck on the server (lock, I/O) fails by itself instead of committing later

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import orjson
 from sqlalchemy import and_, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.errors import StoreError
+from relay import metrics
+from relay.errors import RowRefused, StoreError
 from relay.store import migrate
 from relay.store.base import (
     EventFilter,
@@ -42,6 +44,51 @@ STATE_COLS = ("module", "country_code", "party_id", "object_id", "object", "obje
 DELIVERY_COLS = ("seq", "target", "rule", "object_key", "state", "attempts", "next_attempt_at", "created_at",
                  "updated_at")
 _KEY_COLS = (STATE.c.module, STATE.c.country_code, STATE.c.party_id, STATE.c.object_id)
+
+
+def _row_level(exc: BaseException) -> bool:
+    """A failure caused by the values of some row, not by the database: a data exception (SQLSTATE
+    class 22: too long, out of range, a NUL byte in text) or a value the driver cannot bind."""
+    if isinstance(exc, DataError):
+        return True
+    if isinstance(exc, StatementError) and isinstance(exc.orig, OverflowError | DataError):
+        return True
+    return isinstance(exc, OverflowError)
+
+
+class _Abandoned(Exception):
+    """The event loop gave up on the batch before the thread committed it: roll it back."""
+
+
+class _BatchTicket:
+    """Hand-off between the event loop and the writer thread for one batch.
+
+    The loop may give up on a batch (timeout, shutdown) and answer 3000 only while the thread has not
+    started to commit; the thread commits only a batch nobody gave up on. So a 3000 answer always
+    means "not committed", and a commit that began is awaited and answered with its real outcome.
+    """
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "running"
+
+    def may_commit(self) -> bool:
+        """Thread side, just before COMMIT."""
+        with self._lock:
+            if self._state == "abandoned":
+                return False
+            self._state = "committing"
+            return True
+
+    def abandon(self) -> bool:
+        """Loop side: True when the batch will now roll back, False when its commit already began."""
+        with self._lock:
+            if self._state == "committing":
+                return False
+            self._state = "abandoned"
+            return True
 
 
 def now_utc() -> datetime:
@@ -105,14 +152,16 @@ class SqlStore(Store):
 
     dialect = "sql"
 
-    def __init__(self, async_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0) -> None:
+    def __init__(self, async_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0,
+                 queue_max_bytes: int = 64 * 1024 * 1024, queue_timeout: float = 5.0) -> None:
         self.url = async_url
         self.batch_max = batch_max
         self.pool_size = pool_size
         self.timeout = timeout
         self.engine: AsyncEngine = self._make_engine()
         self.write_engine: AsyncEngine = self._make_write_engine()
-        self._writer = GroupCommitWriter(self._commit_batch, batch_max=batch_max)
+        self._writer = GroupCommitWriter(self._commit_batch, batch_max=batch_max, queue_max_bytes=queue_max_bytes,
+                                         queue_timeout=queue_timeout)
         # The group commit runs each whole batch as one call on a dedicated thread with a blocking
         # driver: through an async driver every statement is a round trip between the event loop and
         # the driver, and under HTTP load each of those waits behind the loop's other work (measured
@@ -217,22 +266,62 @@ class SqlStore(Store):
 
     async def _commit_batch(self, ops: list[Operation]) -> list[Plan | BaseException]:
         try:
-            async with asyncio.timeout(self.timeout * 3):
-                results, last_seq = await self._run_batch(ops)
+            results, last_seq = await self._run_batch(ops)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise StoreError(f"database write failed: {type(exc).__name__}: {_short(exc)}") from exc
+        except _Abandoned:
+            raise StoreError(f"database write took longer than {self.timeout * 3:g}s; rolled back") from None
         if last_seq is not None:
             self._note_seq(last_seq)
         return results
 
     async def _run_batch(self, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
-        """One transaction for the whole batch, run as one call on the writer thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._batch_thread, self._batch_in_thread, ops)
+        """Run the batch as one call on the writer thread, bounded by 3 x the database timeout.
 
-    def _batch_in_thread(self, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
-        with self._batch_engine.begin() as conn:
-            return self._apply_batch(conn, ops)
+        On timeout (or cancellation) the batch is abandoned only if its commit has not begun; the thread
+        then rolls it back. If the commit has begun, its real outcome is awaited instead."""
+        ticket = _BatchTicket()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._batch_thread, self._batch_in_thread, ops, ticket)
+        try:
+            async with asyncio.timeout(self.timeout * 3):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if ticket.abandon():
+                raise
+            return await future
+        except asyncio.CancelledError:
+            if ticket.abandon():
+                raise
+            result = await future
+            # answer the callers with what was committed, then let the cancellation through
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            return result
+
+    def _batch_in_thread(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
+        """The whole batch in one transaction; if the database refuses some row's values, the batch is
+        split in halves, each retried in its own transaction, down to the operations at fault, which
+        fail alone with RowRefused while every other operation commits (batch isolation)."""
+        try:
+            return self._transaction(ops, ticket)
+        except (SQLAlchemyError, OverflowError) as exc:
+            if not _row_level(exc):
+                raise
+            if len(ops) == 1:
+                metrics.STORE_ROWS_REFUSED.inc()
+                logger.warning("database refused an operation's values", extra={"error": _short(exc)})
+                return [RowRefused(f"the database refused a value: {_short(exc)}")], None
+        mid = len(ops) // 2
+        first, seq1 = self._batch_in_thread(ops[:mid], ticket)
+        second, seq2 = self._batch_in_thread(ops[mid:], ticket)
+        return first + second, seq2 if seq2 is not None else seq1
+
+    def _transaction(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
+        with self._batch_engine.connect() as conn, conn.begin():
+            result = self._apply_batch(conn, ops)
+            if not ticket.may_commit():
+                raise _Abandoned
+            return result
 
     def _apply_batch(self, conn: Connection, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
         """Inside one transaction: lock appends, number events, decide every operation against the

@@ -160,9 +160,9 @@ class SQLiteStore(SqlStore):
         apply_pragmas(engine.sync_engine, immediate=True, busy_ms=int(self.timeout * 1000))
         return engine
 
-    def _batch_in_thread(self, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
+    def _transaction(self, ops: list[Operation], ticket: Any) -> tuple[list[Plan | BaseException], int | None]:
         with self.write_gate.hold(urgent=True):
-            return super()._batch_in_thread(ops)
+            return super()._transaction(ops, ticket)
 
     def _bind_time(self, value: datetime | None) -> Any:
         # What SQLAlchemy's SQLite DATETIME stores for UtcDateTime: naive UTC, this exact text form.
