@@ -62,8 +62,19 @@ class OcpiError(Exception):
         return cls(500, SERVER_ERROR, message)
 
     @classmethod
-    def unavailable(cls, message: str = "storage unavailable, please retry") -> OcpiError:
+    def unavailable(cls, message: str = "storage unavailable, nothing was stored; please retry") -> OcpiError:
         return cls(503, SERVER_ERROR, message)
+
+    @classmethod
+    def of(cls, exc: BaseException) -> OcpiError:
+        """The one mapping from any exception to the answer a sender gets: an OcpiError as it is, a
+        store failure 503/3000 (nothing was stored: GreenFlux may push again), anything else 500/3000,
+        never echoing the exception's text. Used by the fast path and the Starlette handlers alike."""
+        if isinstance(exc, OcpiError):
+            return exc
+        if isinstance(exc, StoreError):
+            return cls.unavailable()
+        return cls.server("internal server error")
 
 
 class RelayError(Exception):

@@ -12,7 +12,6 @@ this layer only short-cuts the common case.
 
 from __future__ import annotations
 
-import logging
 import time
 from urllib.parse import quote
 
@@ -20,15 +19,13 @@ from starlette.datastructures import URL
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import metrics
-from relay.errors import SERVER_ERROR, SUCCESS, OcpiError, StoreError
+from relay.errors import SERVER_ERROR, SUCCESS, OcpiError
 from relay.http.auth import authenticate_header
 from relay.http.endpoints import Receiver
 from relay.http.envelope import envelope_bytes
-from relay.http.middleware import request_id_of
+from relay.http.middleware import answer_error, request_id_of
 from relay.log import request_id_var
 from relay.ocpi.paths import Address, resolve
-
-logger = logging.getLogger(__name__)
 
 PUSH_METHODS = frozenset({"PUT", "PATCH", "POST", "DELETE"})
 
@@ -91,17 +88,12 @@ class FastPushes:
                 status, code, message = outcome.http_status, outcome.status_code, outcome.message
                 if outcome.ok and outcome.cdr_id is not None:
                     extra.append((b"location", self._cdr_url(scope, outcome.cdr_id).encode("latin-1")))
-            except OcpiError as err:
-                status, code, message = err.http_status, err.status_code, err.message
-            except StoreError as exc:
-                logger.error("storage failure, answered 3000", extra={"error": str(exc)[:300]})
-                status, code, message = 503, SERVER_ERROR, "storage unavailable, nothing was stored; please retry"
             except _Disconnected:
                 status = 499  # counted as nginx does: the client closed the request
                 return
-            except Exception as exc:
-                logger.error("unhandled error", exc_info=exc)
-                status, code, message = 500, SERVER_ERROR, "internal server error"
+            except Exception as exc:  # noqa: BLE001 - one mapping to the wire, as the Starlette routes use
+                err = answer_error(exc)
+                status, code, message = err.http_status, err.status_code, err.message
             payload = envelope_bytes(code, message)
             await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json"),

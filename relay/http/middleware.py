@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay.errors import CLIENT_ERROR, SERVER_ERROR, OcpiError, StoreError
+from relay.errors import CLIENT_ERROR, OcpiError, StoreError
 from relay.http.envelope import envelope
 from relay.log import request_id_var
 
@@ -58,31 +58,31 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-async def ocpi_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, OcpiError)
-    return envelope(exc.http_status, exc.status_code, exc.message)
+def answer_error(exc: BaseException) -> OcpiError:
+    """What the wire gets for ``exc`` (``OcpiError.of``), logged once here: store failures and crashes
+    with their cause (the server still logs a crash's traceback: Starlette's ServerErrorMiddleware
+    re-raises it), refusals of bad input not at all (the ingest layer logs those)."""
+    err = OcpiError.of(exc)
+    if isinstance(exc, StoreError):
+        logger.error("storage failure, answered 3000", extra={"error": str(exc)[:300]})
+    elif not isinstance(exc, OcpiError):
+        logger.error("unhandled error", exc_info=exc)
+    return err
 
 
-async def http_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    messages = {404: "no OCPI endpoint at this path", 405: "method not allowed on this path"}
-    return envelope(exc.status_code, CLIENT_ERROR, messages.get(exc.status_code, str(exc.detail)),
-                    headers=dict(exc.headers) if exc.headers else None)
-
-
-async def store_error(_request: Request, exc: Exception) -> Response:
-    logger.error("storage failure, answered 3000", extra={"error": str(exc)[:300]})
-    return envelope(503, SERVER_ERROR, "storage unavailable, nothing was stored; please retry")
-
-
-async def server_error(_request: Request, exc: Exception) -> Response:
-    logger.error("unhandled error", exc_info=exc)
-    return envelope(500, SERVER_ERROR, "internal server error")
+async def error_response(_request: Request, exc: Exception) -> Response:
+    """The Starlette exception handler: every error the routes raise, as an OCPI envelope."""
+    if isinstance(exc, HTTPException):  # the router's own 404 / 405
+        messages = {404: "no OCPI endpoint at this path", 405: "method not allowed on this path"}
+        return envelope(exc.status_code, CLIENT_ERROR, messages.get(exc.status_code, str(exc.detail)),
+                        headers=dict(exc.headers) if exc.headers else None)
+    err = answer_error(exc)
+    return envelope(err.http_status, err.status_code, err.message)
 
 
 EXCEPTION_HANDLERS = {
-    OcpiError: ocpi_error,
-    HTTPException: http_error,
-    StoreError: store_error,
-    Exception: server_error,
+    OcpiError: error_response,
+    HTTPException: error_response,
+    StoreError: error_response,
+    Exception: error_response,
 }
