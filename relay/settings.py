@@ -77,6 +77,13 @@ class Settings:
     # auto: uvloop when installed (it comes with uvicorn[standard]), else asyncio's own loop
     event_loop: str = "auto"
     instance: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # seconds a last_updated may lie ahead of our clock before it is refused (a 2099 date would
+    # otherwise make every later, correct push of that object "stale")
+    max_clock_skew: int = 300
+    # largest merged object (JSON bytes): PATCHes with new keys cannot grow an object without bound,
+    # and body (<= max_body_bytes) + object stay under the 4 MiB a default gRPC client accepts
+    max_object_bytes: int = 2 * 1024 * 1024
+    grpc_max_streams_per_client: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -119,6 +126,13 @@ class Settings:
             problems.append(f"RELAY_DATABASE_URL: unsupported database URL scheme in {self.redacted_url()!r}")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             problems.append(f"RELAY_EVENT_LOOP: expected auto, asyncio or uvloop, got {self.event_loop!r}")
+        if self.max_clock_skew < 0:
+            problems.append(f"RELAY_MAX_CLOCK_SKEW: {self.max_clock_skew} is negative")
+        if self.max_object_bytes < self.max_body_bytes:
+            problems.append(f"RELAY_MAX_OBJECT_BYTES: {self.max_object_bytes} is smaller than RELAY_MAX_BODY_BYTES "
+                            f"({self.max_body_bytes}): a PUT the receiver accepts could never be stored")
+        if self.grpc_max_streams_per_client < 1:
+            problems.append("RELAY_GRPC_MAX_STREAMS_PER_CLIENT: must be at least 1")
         if problems:
             raise ConfigError(problems)
 

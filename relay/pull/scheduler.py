@@ -42,7 +42,7 @@ def pull_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: R
     """The runtime Part running the pull schedule until ``stop`` is set."""
 
     async def part(stop: asyncio.Event) -> None:
-        ingestor = Ingestor(store, holder, max_depth=settings.max_json_depth)
+        ingestor = Ingestor.from_settings(store, holder, settings)
         await run_schedule(store, ingestor, holder, stop)
 
     return part
