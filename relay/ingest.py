@@ -378,7 +378,12 @@ class _PushOp:
         applied = decision.status == merge.APPLIED
         # a pulled session merges as PATCH and is recorded (and mirrored to partners) as one
         action = ACTIONS[method]
-        obj_text = orjson.dumps(decision.object).decode() if applied and decision.object is not None else None
+        obj_text = None
+        if applied and decision.object is not None:
+            obj_raw = orjson.dumps(decision.object)
+            if len(obj_raw) > self.max_object_bytes and push.method != "DELETE":
+                return self._too_large(len(obj_raw))
+            obj_text = obj_raw.decode()
         event = NewEvent(
             module=key.module, action=action, country_code=key.country_code, party_id=key.party_id,
             object_id=key.object_id, evse_uid=decision.evse_uid or addr.evse_uid, connector_id=addr.connector_id,
@@ -402,6 +407,17 @@ class _PushOp:
         plan.result = Outcome(200, SUCCESS, msg, decision.status, key=key,
                               cdr_id=key.object_id if key.module == "cdrs" else None)
         return plan
+
+    def _too_large(self, size: int) -> Plan:
+        """Refuse a push whose merged object would pass the cap: PATCHes adding keys could otherwise grow
+        one object without bound, and every event carrying it past what stream clients can receive."""
+        key, push = self.key, self.push
+        reason = (f"object: the merged {key.module} object {format_cpo(key.country_code, key.party_id)} "
+                  f"{key.object_id} would be {size} bytes, more than RELAY_MAX_OBJECT_BYTES ({self.max_object_bytes})")
+        out = Outcome(400, INVALID_PARAMS, reason, "rejected", key=key)
+        if push.replay_of is not None:
+            return Plan(result=out)
+        return Plan(rejected=_rejected_row(push, 400, INVALID_PARAMS, reason), result=out)
 
     def _identical(self, status: str = merge.IDENTICAL) -> Plan:
         msg = "Success (identical to the stored state, nothing changed)" if status == merge.IDENTICAL else \
