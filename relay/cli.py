@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 = any free (env RELAY_GRPC_PORT; default 50051)")
     p.add_argument("--base-path", help="receiver path prefix, e.g. /ocpi/emsp/2.1.1 (env RELAY_BASE_PATH; default empty)")
     p.add_argument("--max-body-bytes", type=int, help="largest accepted body (env RELAY_MAX_BODY_BYTES; default 1 MiB)")
+    p.add_argument("--max-clock-skew", type=int,
+                   help="seconds a last_updated may lie in the future before it is refused "
+                        "(env RELAY_MAX_CLOCK_SKEW; default 300)")
+    p.add_argument("--max-object-bytes", type=int,
+                   help="largest merged object in JSON bytes; a PATCH growing an object past it is refused "
+                        "(env RELAY_MAX_OBJECT_BYTES; default 2 MiB)")
+    p.add_argument("--grpc-max-streams-per-client", type=int,
+                   help="open Subscribe streams per stream client (env RELAY_GRPC_MAX_STREAMS_PER_CLIENT; default 16)")
     p.add_argument("--no-http", action="store_true", help="do not run the HTTP receiver")
     p.add_argument("--no-grpc", action="store_true", help="do not run the gRPC stream server")
     p.add_argument("--no-workers", action="store_true", help="do not run delivery workers and pull schedules")
@@ -142,7 +150,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             http=False if args.no_http else None, grpc=False if args.no_grpc else None,
             workers=False if args.no_workers else None, migrate=False if args.no_migrate else None,
             event_loop=args.event_loop, write_queue_max_bytes=args.write_queue_max_bytes,
-            write_queue_timeout=args.write_queue_timeout,
+            write_queue_timeout=args.write_queue_timeout, max_clock_skew=args.max_clock_skew,
+            max_object_bytes=args.max_object_bytes,
+            grpc_max_streams_per_client=args.grpc_max_streams_per_client,
         )
         setup_logging(settings.log_level)
         from relay.runtime import loop_factory, run, tune_gc

@@ -117,7 +117,7 @@ async def rejected_replay(settings: Settings, ids: list[int], *, replay_all: boo
         records = await store.list_rejected(1_000_000, only_open=True) if replay_all else \
             [r for i in ids if (r := await store.get_rejected(i)) is not None]
         missing = set(ids) - {r.id for r in records}
-        ingestor = Ingestor(store, holder, max_depth=settings.max_json_depth)
+        ingestor = Ingestor.from_settings(store, holder, settings)
         total = len(records)
         for n, rec in enumerate(records, 1):
             outcome = await _replay_one(store, ingestor, holder, rec)

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,9 +20,10 @@ from relay import metrics
 from relay.errors import INVALID_PARAMS, SUCCESS, OcpiError, RowRefused
 from relay.ocpi import merge
 from relay.ocpi.paths import Address
-from relay.ocpi.validate import check_path_ids, parse_datetime, validate_object
+from relay.ocpi.validate import check_path_ids, format_datetime, parse_datetime, validate_object
 from relay.routing.config import RoutingConfig, Subscription, cpo_matches, format_cpo
 from relay.routing.rules import route
+from relay.settings import Settings
 from relay.store.base import (
     NewDelivery,
     NewEvent,
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 ACTIONS = {"PUT": "put", "PATCH": "patch", "POST": "post", "DELETE": "delete"}
 VALIDATED = frozenset({"locations", "sessions", "cdrs", "tariffs"})
 _SCRUB = str.maketrans("", "", "{}[]")
+DEFAULT_MAX_CLOCK_SKEW = 300  # seconds; Settings.max_clock_skew
+DEFAULT_MAX_OBJECT_BYTES = 2 * 1024 * 1024  # Settings.max_object_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +140,20 @@ def _location_ref(module: str, body: Mapping[str, Any]) -> str | None:
 class Ingestor:
     """Runs pushes through scope, validation and the store; never raises for bad input."""
 
-    def __init__(self, store: Store, config: Callable[[], RoutingConfig], *, max_depth: int = 32) -> None:
+    def __init__(self, store: Store, config: Callable[[], RoutingConfig], *, max_depth: int = 32,
+                 max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+                 max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
         self.store = store
         self.config = config
         self.max_depth = max_depth
+        self.clock_skew = timedelta(seconds=max_clock_skew)
+        self.max_object_bytes = max_object_bytes
+
+    @classmethod
+    def from_settings(cls, store: Store, config: Callable[[], RoutingConfig], settings: Settings) -> Ingestor:
+        """An Ingestor with the bounds of ``settings`` (JSON depth, clock skew, object size)."""
+        return cls(store, config, max_depth=settings.max_json_depth, max_clock_skew=settings.max_clock_skew,
+                   max_object_bytes=settings.max_object_bytes)
 
     async def handle(self, push: Push) -> Outcome:
         try:
@@ -183,6 +196,11 @@ class Ingestor:
             raw_lu = body.get("last_updated")
             if raw_lu is not None:
                 lu = parse_datetime(raw_lu, "last_updated")
+        horizon = push.received_at + self.clock_skew
+        if lu is not None and lu > horizon:
+            raise OcpiError.invalid("last_updated", _future(raw_lu, self.clock_skew))
+        if addr.module == "locations" and push.method != "DELETE":
+            _check_nested_times(normalised, addr.level, horizon, self.clock_skew)
         op = _PushOp(self, push, key, normalised, lu, self.config())
         plan = await self.store.submit(op)
         outcome: Outcome = plan.result
@@ -279,6 +297,34 @@ class Ingestor:
 # cannot store in text, an escape sequence for the operator's terminal) is kept visibly and safely. A
 # replayed record meets the same refusal: '%' is not allowed in an id.
 _CONTROL = {c: f"%{c:02X}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+def _future(value: Any, skew: timedelta) -> str:
+    return (f"{str(value)[:40]!r} is more than {int(skew.total_seconds())} s in the future "
+            "(sender clock wrong? RELAY_MAX_CLOCK_SKEW)")
+
+
+def _check_nested_times(obj: Mapping[str, Any], level: str, horizon: datetime, skew: timedelta) -> None:
+    """EVSE and connector ``last_updated`` of a Location or EVSE body: the merge versions those levels
+    by them, so a future one would freeze that EVSE or connector as a top-level one would the object.
+
+    Validated bodies carry canonical UTC DateTimes, whose text order is their time order (to the second):
+    one string comparison per level, no parsing on the happy path.
+    """
+    evses = (obj,) if level == "evse" else obj.get("evses") if level == "location" else None
+    if not evses or not isinstance(evses, list | tuple):
+        return
+    limit = format_datetime(horizon)
+    for i, evse in enumerate(evses):
+        if not isinstance(evse, dict):
+            continue
+        where = "" if level == "evse" else f"evses[{i}]."
+        value = evse.get("last_updated")
+        if level == "location" and isinstance(value, str) and value > limit:
+            raise OcpiError.invalid(f"{where}last_updated", _future(value, skew))
+        conns = evse.get("connectors")
+        for j, conn in enumerate(conns if isinstance(conns, list) else ()):
+            value = conn.get("last_updated") if isinstance(conn, dict) else None
+            if isinstance(value, str) and value > limit:
+                raise OcpiError.invalid(f"{where}connectors[{j}].last_updated", _future(value, skew))
 
 
 def _rejected_row(push: Push, http_status: int, status_code: int, reason: str) -> NewRejected:
@@ -306,6 +352,8 @@ class _PushOp:
     def __init__(self, ing: Ingestor, push: Push, key: StateKey, obj: dict[str, Any], lu: datetime | None,
                  config: RoutingConfig) -> None:
         self.push, self.key, self.obj, self.lu, self.config = push, key, obj, lu, config
+        self.horizon = push.received_at + ing.clock_skew
+        self.max_object_bytes = ing.max_object_bytes
         self.reads = (key,)
         self.size = len(push.body)  # bytes held in the group-commit queue
 
@@ -327,13 +375,14 @@ class _PushOp:
                 return self._identical()
             decision = merge.Decision(merge.APPLIED, stored, st.last_updated if st else None)
         elif addr.level == "evse":
-            decision = merge.decide_evse(stored, method, addr.evse_uid or "", self.obj, self.lu, push.received_at)
+            decision = merge.decide_evse(stored, method, addr.evse_uid or "", self.obj, self.lu, push.received_at,
+                                         self.horizon)
         elif addr.level == "connector":
             decision = merge.decide_connector(stored, method, addr.evse_uid or "", addr.connector_id or "", self.obj,
-                                              self.lu, push.received_at)
+                                              self.lu, push.received_at, self.horizon)
         else:
             lu = self.lu
-            decision = merge.decide_object(stored, method, self.obj, lu, push.received_at)
+            decision = merge.decide_object(stored, method, self.obj, lu, push.received_at, self.horizon)
             if addr.module in ("notifications", "chargestationnotifications") and decision.object is not None:
                 # notifications carry no version: store them exactly as received
                 decision = merge.Decision(decision.status, self.obj, None)
@@ -342,7 +391,12 @@ class _PushOp:
         applied = decision.status == merge.APPLIED
         # a pulled session merges as PATCH and is recorded (and mirrored to partners) as one
         action = ACTIONS[method]
-        obj_text = orjson.dumps(decision.object).decode() if applied and decision.object is not None else None
+        obj_text = None
+        if applied and decision.object is not None:
+            obj_raw = orjson.dumps(decision.object)
+            if len(obj_raw) > self.max_object_bytes and push.method != "DELETE":
+                return self._too_large(len(obj_raw))
+            obj_text = obj_raw.decode()
         event = NewEvent(
             module=key.module, action=action, country_code=key.country_code, party_id=key.party_id,
             object_id=key.object_id, evse_uid=decision.evse_uid or addr.evse_uid, connector_id=addr.connector_id,
@@ -366,6 +420,17 @@ class _PushOp:
         plan.result = Outcome(200, SUCCESS, msg, decision.status, key=key,
                               cdr_id=key.object_id if key.module == "cdrs" else None)
         return plan
+
+    def _too_large(self, size: int) -> Plan:
+        """Refuse a push whose merged object would pass the cap: PATCHes adding keys could otherwise grow
+        one object without bound, and every event carrying it past what stream clients can receive."""
+        key, push = self.key, self.push
+        reason = (f"object: the merged {key.module} object {format_cpo(key.country_code, key.party_id)} "
+                  f"{key.object_id} would be {size} bytes, more than RELAY_MAX_OBJECT_BYTES ({self.max_object_bytes})")
+        out = Outcome(400, INVALID_PARAMS, reason, "rejected", key=key)
+        if push.replay_of is not None:
+            return Plan(result=out)
+        return Plan(rejected=_rejected_row(push, 400, INVALID_PARAMS, reason), result=out)
 
     def _identical(self, status: str = merge.IDENTICAL) -> Plan:
         msg = "Success (identical to the stored state, nothing changed)" if status == merge.IDENTICAL else \

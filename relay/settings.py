@@ -80,6 +80,13 @@ class Settings:
     # group-commit queue: bytes of queued pushes at most, and how long a push waits for room (then 503/3000)
     write_queue_max_bytes: int = 64 * 1024 * 1024
     write_queue_timeout: float = 5.0
+    # seconds a last_updated may lie ahead of our clock before it is refused (a 2099 date would
+    # otherwise make every later, correct push of that object "stale")
+    max_clock_skew: int = 300
+    # largest merged object (JSON bytes): PATCHes with new keys cannot grow an object without bound,
+    # and body (<= max_body_bytes) + object stay under the 4 MiB a default gRPC client accepts
+    max_object_bytes: int = 2 * 1024 * 1024
+    grpc_max_streams_per_client: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -126,6 +133,13 @@ class Settings:
             problems.append("RELAY_WRITE_QUEUE_TIMEOUT: must be a positive number of seconds")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             problems.append(f"RELAY_EVENT_LOOP: expected auto, asyncio or uvloop, got {self.event_loop!r}")
+        if self.max_clock_skew < 0:
+            problems.append(f"RELAY_MAX_CLOCK_SKEW: {self.max_clock_skew} is negative")
+        if self.max_object_bytes < self.max_body_bytes:
+            problems.append(f"RELAY_MAX_OBJECT_BYTES: {self.max_object_bytes} is smaller than RELAY_MAX_BODY_BYTES "
+                            f"({self.max_body_bytes}): a PUT the receiver accepts could never be stored")
+        if self.grpc_max_streams_per_client < 1:
+            problems.append("RELAY_GRPC_MAX_STREAMS_PER_CLIENT: must be at least 1")
         if problems:
             raise ConfigError(problems)
 

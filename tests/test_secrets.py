@@ -142,7 +142,7 @@ async def mixed_traffic(put: Any, patch: Any, post: Any) -> list[tuple[int, str]
         put(f"/locations/NL/GFX/{LOC_ID}", example("location_full.json"), SUB_TOKEN),
         put(f"/sessions/NL/GFX/{SESSION_ID}", session, SUB_TOKEN),
         post("/cdrs", example("cdr_full.json"), SUB_TOKEN),
-        patch(f"/sessions/NL/GFX/{SESSION_ID}", {"kwh": 3.5, "last_updated": "2030-01-01T00:00:00Z"}, SUB_TOKEN),
+        patch(f"/sessions/NL/GFX/{SESSION_ID}", {"kwh": 3.5, "last_updated": "2025-01-01T00:00:00Z"}, SUB_TOKEN),
         # a wrong token that contains the real one, and one that is its prefix
         put(f"/locations/NL/GFX/{LOC_ID}", example("location_full.json"), SUB_TOKEN + "x"),
         put(f"/locations/NL/GFX/{LOC_ID}", example("location_full.json"), SUB_TOKEN[:-1]),

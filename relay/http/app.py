@@ -25,7 +25,7 @@ def create_app(settings: Settings, store: Store, config: Callable[[], RoutingCon
     """The receiver's ASGI app: pushes short-cut by ``FastPushes``, the rest routed by Starlette.
     The store must be started (and is closed) by the caller."""
     base = settings.base_path
-    ingestor = Ingestor(store, config, max_depth=settings.max_json_depth)
+    ingestor = Ingestor.from_settings(store, config, settings)
     rx = Receiver(store, ingestor, config, base_path=base, max_body=settings.max_body_bytes)
     ops = Ops(store)
     ep = rx.endpoint

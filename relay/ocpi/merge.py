@@ -4,6 +4,10 @@ identical decisions. Pure functions over plain dicts; no I/O.
 Versioning follows DESIGN "Idempotency and order": ``last_updated`` is the version when the push has
 one (older than stored -> stale, kept but not applied); a PATCH without it (legal in 2.1.1, what
 GreenFlux sends for EVSE status) is ordered by receive time, which then becomes its ``last_updated``.
+
+A stored ``last_updated`` beyond the ``horizon`` (receive time plus the allowed clock skew) is no
+version at all: ingest refuses such dates now, but a state written before it did must not make every
+later push "stale" for good, so it loses to any push, and never wins as a parent's ``last_updated``.
 """
 
 from __future__ import annotations
@@ -49,7 +53,12 @@ def _without_lu(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "last_updated"}
 
 
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+def _trusted(dt: datetime | None, horizon: datetime | None) -> datetime | None:
+    return None if dt is None or (horizon is not None and dt > horizon) else dt
+
+
+def _later(a: datetime | None, b: datetime | None, horizon: datetime | None = None) -> datetime | None:
+    a, b = _trusted(a, horizon), _trusted(b, horizon)
     if a is None:
         return b
     if b is None:
@@ -58,11 +67,12 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
 
 
 def _versioned(
-    stored: dict[str, Any] | None, new: dict[str, Any], lu: datetime | None, received_at: datetime
+    stored: dict[str, Any] | None, new: dict[str, Any], lu: datetime | None, received_at: datetime,
+    horizon: datetime | None,
 ) -> tuple[str, dict[str, Any]]:
     """Decide stale/identical/applied for one object level; returns (status, object with last_updated)."""
     if stored is not None and lu is not None:
-        stored_lu = parse_stored_time(stored.get("last_updated"))
+        stored_lu = _trusted(parse_stored_time(stored.get("last_updated")), horizon)
         if stored_lu is not None and lu < stored_lu:
             return STALE, stored
     if lu is None:
@@ -77,11 +87,12 @@ def _versioned(
 
 
 def decide_object(
-    stored: dict[str, Any] | None, method: str, incoming: dict[str, Any], lu: datetime | None, received_at: datetime
+    stored: dict[str, Any] | None, method: str, incoming: dict[str, Any], lu: datetime | None, received_at: datetime,
+    horizon: datetime | None = None,
 ) -> Decision:
     """Top-level object (Location, Session, Tariff, notification): PUT replaces, PATCH merges shallowly."""
     new = {**stored, **incoming} if (method == "PATCH" and stored is not None) else dict(incoming)
-    status, obj = _versioned(stored, new, lu, received_at)
+    status, obj = _versioned(stored, new, lu, received_at, horizon)
     if status != APPLIED:
         return Decision(status)
     return Decision(APPLIED, obj, parse_stored_time(obj.get("last_updated")))
@@ -117,7 +128,8 @@ def match_evse(evses: list[Any], uid: str) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _with_evse(location: dict[str, Any], idx: int | None, evse: dict[str, Any]) -> dict[str, Any]:
+def _with_evse(location: dict[str, Any], idx: int | None, evse: dict[str, Any],
+               horizon: datetime | None) -> dict[str, Any]:
     evses = list(location.get("evses") or [])
     if idx is None:
         evses.append(evse)
@@ -125,7 +137,7 @@ def _with_evse(location: dict[str, Any], idx: int | None, evse: dict[str, Any]) 
         evses[idx] = evse
     new = dict(location)
     new["evses"] = evses
-    lu = _later(parse_stored_time(location.get("last_updated")), parse_stored_time(evse.get("last_updated")))
+    lu = _later(parse_stored_time(location.get("last_updated")), parse_stored_time(evse.get("last_updated")), horizon)
     if lu is not None:
         new["last_updated"] = _fmt(lu)
     return new
@@ -133,7 +145,7 @@ def _with_evse(location: dict[str, Any], idx: int | None, evse: dict[str, Any]) 
 
 def decide_evse(
     location: dict[str, Any] | None, method: str, evse_uid: str, incoming: dict[str, Any],
-    lu: datetime | None, received_at: datetime,
+    lu: datetime | None, received_at: datetime, horizon: datetime | None = None,
 ) -> Decision:
     """EVSE-level PUT/PATCH into the stored parent Location; its ``last_updated`` moves with it."""
     if location is None:
@@ -143,17 +155,17 @@ def decide_evse(
     stored = evses[idx] if idx is not None else None
     if stored is None and method == "PATCH":
         return Decision(UNMATCHED, note=f"EVSE {evse_uid} not found in location")
-    d = decide_object(stored, method, incoming, lu, received_at)
+    d = decide_object(stored, method, incoming, lu, received_at, horizon)
     if d.status != APPLIED:
         return Decision(d.status, evse_uid=stored.get("uid") if stored else evse_uid)
     assert d.object is not None
-    new_loc = _with_evse(location, idx, d.object)
+    new_loc = _with_evse(location, idx, d.object, horizon)
     return Decision(APPLIED, new_loc, parse_stored_time(new_loc.get("last_updated")), d.object.get("uid", evse_uid))
 
 
 def decide_connector(
     location: dict[str, Any] | None, method: str, evse_uid: str, connector_id: str, incoming: dict[str, Any],
-    lu: datetime | None, received_at: datetime,
+    lu: datetime | None, received_at: datetime, horizon: datetime | None = None,
 ) -> Decision:
     """Connector-level PUT/PATCH into its EVSE and Location; both ancestors' ``last_updated`` move."""
     if location is None:
@@ -168,7 +180,7 @@ def decide_connector(
     stored = connectors[cidx] if cidx is not None else None
     if stored is None and method == "PATCH":
         return Decision(UNMATCHED, evse_uid=evse.get("uid"), note=f"connector {connector_id} not found")
-    d = decide_object(stored, method, incoming, lu, received_at)
+    d = decide_object(stored, method, incoming, lu, received_at, horizon)
     if d.status != APPLIED:
         return Decision(d.status, evse_uid=evse.get("uid"))
     assert d.object is not None
@@ -178,8 +190,9 @@ def decide_connector(
         connectors[cidx] = d.object
     new_evse = dict(evse)
     new_evse["connectors"] = connectors
-    evse_lu = _later(parse_stored_time(evse.get("last_updated")), parse_stored_time(d.object.get("last_updated")))
+    evse_lu = _later(parse_stored_time(evse.get("last_updated")), parse_stored_time(d.object.get("last_updated")),
+                     horizon)
     if evse_lu is not None:
         new_evse["last_updated"] = _fmt(evse_lu)
-    new_loc = _with_evse(location, idx, new_evse)
+    new_loc = _with_evse(location, idx, new_evse, horizon)
     return Decision(APPLIED, new_loc, parse_stored_time(new_loc.get("last_updated")), evse.get("uid"))

@@ -92,7 +92,7 @@ async def _once(settings: Settings, holder: ConfigHolder, sources: tuple[PullSou
         return 1
     ok = True
     try:
-        ingestor = Ingestor(store, holder, max_depth=settings.max_json_depth)
+        ingestor = Ingestor.from_settings(store, holder, settings)
         for source in sources:
             bar = ProgressBar(sys.stderr)
             try:
@@ -119,7 +119,7 @@ async def _forever(settings: Settings, holder: ConfigHolder, only: str | None, h
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGHUP, holder.reload)
     try:
-        await run_schedule(store, Ingestor(store, holder, max_depth=settings.max_json_depth), holder, stop,
+        await run_schedule(store, Ingestor.from_settings(store, holder, settings), holder, stop,
                            only=only)
     finally:
         await store.close()

@@ -29,6 +29,20 @@ from relay.routing.config import PullSource
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PullLimits:
+    """Bounds of one pull pass, so a misbehaving sender cannot exhaust memory or run a pass forever.
+
+    32 MiB is far above a page of ``page_limit`` (default 100) objects of up to 1 MiB JSON each as a
+    push may carry them in practice, and small enough to hold; 10,000 pages are a full history pull of
+    a large CPO. A pass that reaches ``max_pages`` stops and the next pass continues where it stopped.
+    """
+
+    max_page_bytes: int = 32 * 1024 * 1024
+    max_pages: int = 10_000
 
 
 class PullError(RelayError):
@@ -89,10 +103,11 @@ class SenderClient:
     """Fetches module lists of one pull source over a caller-owned aiohttp session."""
 
     def __init__(self, session: aiohttp.ClientSession, source: PullSource, *,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, limits: PullLimits | None = None) -> None:
         self.session = session
         self.source = source
         self.retry = retry or RetryPolicy()
+        self.limits = limits or PullLimits()
         self._base = URL(source.url.rstrip("/"))
         self._timeout = aiohttp.ClientTimeout(total=source.timeout)
 
@@ -100,17 +115,18 @@ class SenderClient:
         """The list endpoint of ``module`` below the source URL."""
         return self._base / module
 
-    async def pages(self, module: str, date_from: datetime | None) -> AsyncIterator[Page]:
-        """Every page of ``module`` changed since ``date_from`` (all when None), in server order."""
+    async def pages(self, module: str, date_from: datetime | None, start_url: str | None = None) -> AsyncIterator[Page]:
+        """Every page of ``module`` changed since ``date_from`` (all when None), in server order;
+        from ``start_url`` (a ``next_url`` of an earlier pass) instead of the first page when given."""
         params = {"offset": "0", "limit": str(self.source.page_limit)}
         if date_from is not None:
             params["date_from"] = format_date(date_from)
-        url: URL | None = self.module_url(module).with_query(params)
+        url: URL | None = URL(start_url) if start_url else self.module_url(module).with_query(params)
         seen: set[str] = set()
         while url is not None:
             if str(url) in seen:
                 raise PullError(f"pull source {self.source.name}: {module} pagination loops back to "
-                                f"{_safe(url)}", retryable=False)
+                                f"{safe_url(url)}", retryable=False)
             seen.add(str(url))
             page = await self.fetch(url)
             yield page
@@ -128,7 +144,7 @@ class SenderClient:
                 if wait is None:
                     raise
                 logger.warning("pull request failed, retrying", extra={
-                    "source": self.source.name, "url": _safe(url), "attempt": attempt, "error": str(err),
+                    "source": self.source.name, "url": safe_url(url), "attempt": attempt, "error": str(err),
                     "retry_in_s": round(wait, 3)})
                 await asyncio.sleep(wait)
 
@@ -138,27 +154,45 @@ class SenderClient:
         try:
             async with self.session.get(url, headers=headers, timeout=self._timeout,
                                         allow_redirects=False) as resp:
-                body = await resp.read()
+                body = await self._read_bounded(resp, url)
                 status = resp.status
                 if status in (401, 403):
                     what = "refused the token" if status == 401 else "does not allow this module for the token"
                     raise PullAuthError(
-                        f"pull source {name}: {_safe(url)} answered HTTP {status}: the sender {what}; "
+                        f"pull source {name}: {safe_url(url)} answered HTTP {status}: the sender {what}; "
                         f"check the token env var of pull source {name} and its modules", retryable=False,
                         http_status=status)
                 if status in RETRY_STATUSES:
-                    raise PullError(f"pull source {name}: {_safe(url)} answered HTTP {status}", retryable=True,
+                    raise PullError(f"pull source {name}: {safe_url(url)} answered HTTP {status}", retryable=True,
                                     http_status=status, retry_after=_retry_after(resp.headers.get("Retry-After")))
                 if status != 200:
-                    raise PullError(f"pull source {name}: {_safe(url)} answered HTTP {status}", retryable=False,
+                    raise PullError(f"pull source {name}: {safe_url(url)} answered HTTP {status}", retryable=False,
                                     http_status=status)
                 data = _envelope(name, url, body)
-                return Page(data, _safe(url), _int_header(resp.headers.get("X-Total-Count")),
+                return Page(data, safe_url(url), _int_header(resp.headers.get("X-Total-Count")),
                             _int_header(resp.headers.get("X-Limit")), self._next(url, resp, len(data)))
         except (aiohttp.ClientError, TimeoutError) as exc:
             # ClientError covers refused connections, resets and bad HTTP; TimeoutError the total timeout
-            raise PullError(f"pull source {name}: {_safe(url)} failed: {type(exc).__name__}: {exc}"[:500],
+            raise PullError(f"pull source {name}: {safe_url(url)} failed: {type(exc).__name__}: {exc}"[:500],
                             retryable=True) from exc
+
+    async def _read_bounded(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
+        """The response body, refused (not retried: the next attempt would be as large) above the cap."""
+        cap = self.limits.max_page_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise self._too_large(url, resp.content_length)
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > cap:
+                raise self._too_large(url, None)
+        return bytes(body)
+
+    def _too_large(self, url: URL, size: int | None) -> PullError:
+        got = f"{size} bytes" if size is not None else "more"
+        return PullError(f"pull source {self.source.name}: {safe_url(url)} answered {got}, more than the "
+                         f"{self.limits.max_page_bytes} bytes a page may have; lower page_limit of the source",
+                         retryable=False)
 
     def _next(self, url: URL, resp: aiohttp.ClientResponse, count: int) -> str | None:
         link = resp.links.get("next")
@@ -183,22 +217,22 @@ def _envelope(name: str, url: URL, body: bytes) -> list[Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise PullError(f"pull source {name}: {_safe(url)} answered a body that is not JSON", retryable=False) \
+        raise PullError(f"pull source {name}: {safe_url(url)} answered a body that is not JSON", retryable=False) \
             from None
     if not isinstance(doc, dict) or not isinstance(doc.get("status_code"), int):
-        raise PullError(f"pull source {name}: {_safe(url)} answered JSON that is not an OCPI envelope "
+        raise PullError(f"pull source {name}: {safe_url(url)} answered JSON that is not an OCPI envelope "
                         "(no integer status_code)", retryable=False)
     code = doc["status_code"]
     if not 1000 <= code < 2000:
         message = str(doc.get("status_message") or "")[:200]
         # 3xxx is a server-side problem a later attempt may not have; 2xxx is our request's fault
-        raise PullError(f"pull source {name}: {_safe(url)} answered OCPI status_code {code}: {message}",
+        raise PullError(f"pull source {name}: {safe_url(url)} answered OCPI status_code {code}: {message}",
                         retryable=3000 <= code < 4000)
     data = doc.get("data")
     if data is None:
         return []
     if not isinstance(data, list):
-        raise PullError(f"pull source {name}: {_safe(url)} answered data of type {type(data).__name__}, "
+        raise PullError(f"pull source {name}: {safe_url(url)} answered data of type {type(data).__name__}, "
                         "expected a list", retryable=False)
     return data
 
@@ -224,7 +258,7 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
 
-def _safe(url: URL) -> str:
+def safe_url(url: URL) -> str:
     """The URL for messages without any credentials a user may have put into it."""
     parts = urlsplit(str(url))
     host = parts.hostname or ""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from relay.errors import StoreError
 from relay.ingest import Ingestor
 from relay.pull.client import RetryPolicy
-from relay.pull.sync import pull_source
+from relay.pull.sync import ResumePoint, pull_source
 from relay.routing.config import PullSource, RoutingConfig
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
@@ -42,7 +42,7 @@ def pull_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: R
     """The runtime Part running the pull schedule until ``stop`` is set."""
 
     async def part(stop: asyncio.Event) -> None:
-        ingestor = Ingestor(store, holder, max_depth=settings.max_json_depth)
+        ingestor = Ingestor.from_settings(store, holder, settings)
         await run_schedule(store, ingestor, holder, stop)
 
     return part
@@ -80,6 +80,7 @@ async def _source_loop(
 ) -> None:
     delay = random.uniform(0, FIRST_RUN_JITTER)
     last_end: datetime | None = None  # when our own latest pass (or the one we deferred to) ended
+    resume: dict[str, ResumePoint] = {}  # modules whose last pass stopped at the page cap
     while not await _sleep(stop, delay):
         source = config().pull_source(name)
         if source is None:
@@ -92,15 +93,15 @@ async def _source_loop(
                 delay = max(0.0, _interval(source.interval) - (datetime.now(UTC) - other).total_seconds())
                 continue
         t0 = time.monotonic()
-        await _run_pass(store, ingestor, source, stop, retry)
+        await _run_pass(store, ingestor, source, stop, retry, resume)
         last_end = datetime.now(UTC)
         delay = max(0.0, _interval(source.interval) - (time.monotonic() - t0))
 
 
 async def _run_pass(store: SqlStore, ingestor: Ingestor, source: PullSource, stop: asyncio.Event,
-                    retry: RetryPolicy | None) -> None:
+                    retry: RetryPolicy | None, resume: dict[str, ResumePoint]) -> None:
     """One pass, abandoned when ``stop`` is set (its position then stays where it was)."""
-    work = asyncio.create_task(pull_source(store, ingestor, source, retry=retry))
+    work = asyncio.create_task(pull_source(store, ingestor, source, retry=retry, resume=resume))
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -8,6 +8,11 @@ start minus the overlap covers objects changed on pages already read while the p
 new ``last_updated`` is later than the start but can be earlier than the newest one seen), plus a
 minute of clock skew. A pass that saw nothing keeps the old position; a failed pass never moves it.
 Re-reading the overlap is cheap: identical objects create nothing.
+
+A pass that reaches ``PullLimits.max_pages`` stops there without moving the position (lists are in
+creation order, not by ``last_updated``, so what was read says nothing about the rest). With a
+``resume`` map (the schedule keeps one per source) the next pass continues from the next page; the
+position moves once the whole list was read, from the start of the first of those passes.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from relay import metrics
 from relay.errors import OcpiError, StoreError
 from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.paths import Address
 from relay.ocpi.validate import parse_datetime
-from relay.pull.client import Page, PullAuthError, PullError, RetryPolicy, SenderClient
+from relay.pull.client import Page, PullAuthError, PullError, PullLimits, RetryPolicy, SenderClient, safe_url
 from relay.routing.config import CpoPattern, PullSource
 from relay.store import SqlStore
 from relay.store.positions import PullPosition, existing_ids, get_positions, rejected_hashes, set_position
@@ -68,6 +74,7 @@ class ModuleSummary:
     position: datetime | None = None
     error: str | None = None
     auth_failed: bool = False  # the sender refused the token: later modules are not tried
+    capped: bool = False  # stopped at PullLimits.max_pages; the position did not move
 
     @property
     def ok(self) -> bool:
@@ -78,7 +85,20 @@ class ModuleSummary:
         text = (f"{self.source} {self.module}: fetched={self.fetched} new={self.new} changed={self.changed} "
                 f"unchanged={self.unchanged} rejected={self.rejected} seconds={self.seconds:.2f} "
                 f"({'full' if self.full else 'incremental'})")
+        if self.capped:
+            text += " STOPPED at the page cap (the next pass continues)"
         return text if self.ok else f"{text} FAILED: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a pass cut short by the page cap stopped, for the next pass of the same module."""
+
+    next_url: str
+    date_from: datetime | None  # the position the cut pass started from (the chain's date_from)
+    started: datetime  # start of the first pass of the chain: the position is computed from it
+    newest: datetime | None
+
 
 
 def ingest_source(source: PullSource) -> Source:
@@ -124,51 +144,70 @@ def pulled_push(source: PullSource, module: str, obj: Any, received_at: datetime
 
 async def pull_source(
     store: SqlStore, ingestor: Ingestor, source: PullSource, *, full: bool = False,
-    progress: Progress | None = None, retry: RetryPolicy | None = None,
+    progress: Progress | None = None, retry: RetryPolicy | None = None, limits: PullLimits | None = None,
+    resume: dict[str, ResumePoint] | None = None,
 ) -> list[ModuleSummary]:
     """One pass over every module of ``source``; one HTTP session for the whole pass.
 
     Incremental from each module's stored position unless ``full`` (or never pulled). A module that
     fails is reported and the next one still runs, except after a 401/403: the token is wrong for
-    all of them, so the pass stops there instead of hammering the sender.
+    all of them, so the pass stops there instead of hammering the sender. ``resume`` (by module) is
+    read and updated for passes cut short by the page cap (module docstring).
     """
     summaries: list[ModuleSummary] = []
     positions = await get_positions(store, source.name)
     connector = aiohttp.TCPConnector(limit=4)
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-        client = SenderClient(session, source, retry=retry)
+        client = SenderClient(session, source, retry=retry, limits=limits)
         for module in source.modules:
             prior = positions.get(module)
             if summaries and summaries[-1].auth_failed:
                 summaries.append(ModuleSummary(source.name, module, full, error=summaries[-1].error,
                                                auth_failed=True))
                 continue
-            summaries.append(await _pull_module(store, ingestor, client, module, prior, full, progress))
+            summaries.append(await _pull_module(store, ingestor, client, module, prior, full, progress,
+                                                {} if resume is None else resume))
     return summaries
 
 
 async def _pull_module(
     store: SqlStore, ingestor: Ingestor, client: SenderClient, module: str, prior: PullPosition | None,
-    full: bool, progress: Progress | None,
+    full: bool, progress: Progress | None, resume: dict[str, ResumePoint],
 ) -> ModuleSummary:
     source = client.source
-    started = datetime.now(UTC)
+    run_at = datetime.now(UTC)
     t0 = time.monotonic()
     date_from = None if full or prior is None else prior.position
+    point = resume.pop(module, None)
+    if point is not None and point.date_from != date_from:
+        point = None  # the position moved meanwhile (another replica, --full): start over
+    started = point.started if point is not None else run_at
     summary = ModuleSummary(source.name, module, full=date_from is None, date_from=date_from)
     try:
-        newest = await _Pass(store, ingestor, client, module, summary, progress).run(date_from)
-        summary.position = _next_position(prior.position if prior else None, newest, started)
+        run = _Pass(store, ingestor, client, module, summary, progress)
+        if point is not None:
+            run.newest = point.newest
+        newest = await run.run(date_from, point.next_url if point is not None else None)
         summary.seconds = time.monotonic() - t0
-        await set_position(store, source.name, module, position=summary.position, run_at=started,
-                           status=f"ok: {summary.line()}")
+        if run.cut_at is not None:
+            summary.capped = True
+            resume[module] = ResumePoint(run.cut_at, date_from, started, newest)
+            logger.warning("pull pass stopped at the page cap", extra={
+                "source": source.name, "ocpi_module": module, "pages": client.limits.max_pages,
+                "next_url": safe_url(URL(run.cut_at))})
+            await set_position(store, source.name, module, position=None, run_at=run_at,
+                               status=f"ok: {summary.line()}", keep_position=True)
+        else:
+            summary.position = _next_position(prior.position if prior else None, newest, started)
+            await set_position(store, source.name, module, position=summary.position, run_at=run_at,
+                               status=f"ok: {summary.line()}")
     except (PullError, StoreError) as err:
         summary.seconds = time.monotonic() - t0
         summary.error = str(err)
         summary.auth_failed = isinstance(err, PullAuthError)
         logger.error("pull failed", extra={"source": source.name, "ocpi_module": module, "error": str(err)})
         try:
-            await set_position(store, source.name, module, position=None, run_at=started,
+            await set_position(store, source.name, module, position=None, run_at=run_at,
                                status=f"failed: {err}", keep_position=True)
         except StoreError:
             logger.exception("could not record the failed pull", extra={"source": source.name})
@@ -197,15 +236,17 @@ class _Pass:
         self.newest: datetime | None = None
         self.seen: dict[str, Any] = {}  # id -> last_updated, to skip repeats when pages shift
         self.known_bad: set[str] = set()
+        self.cut_at: str | None = None  # next page URL when the page cap ended the pass
 
-    async def run(self, date_from: datetime | None) -> datetime | None:
-        """Ingest every page; returns the newest ``last_updated`` seen. Raises PullError/StoreError."""
+    async def run(self, date_from: datetime | None, start_url: str | None = None) -> datetime | None:
+        """Ingest every page (from ``start_url`` when resuming, at most ``max_pages``); returns the newest
+        ``last_updated`` seen. Raises PullError/StoreError."""
         if date_from is not None:
             self.known_bad = await rejected_hashes(self.store, self.client.source.name, self.module,
                                                    date_from - REJECTED_LOOKBACK)
         ask_from = EPOCH if date_from is None and self.module == "sessions" else date_from
         queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=2)
-        producer = asyncio.create_task(_produce(self.client.pages(self.module, ask_from), queue))
+        producer = asyncio.create_task(self._produce(self.client.pages(self.module, ask_from, start_url), queue))
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
@@ -280,12 +321,18 @@ class _Pass:
             self.newest = when
 
 
-async def _produce(pages: AsyncIterator[Page], queue: asyncio.Queue[Page | BaseException | None]) -> None:
-    """Feed pages to the ingesting side; hand a failure over instead of raising it here."""
-    try:
-        async for page in pages:
-            await queue.put(page)
-    except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
-        await queue.put(exc)
-        return
-    await queue.put(None)
+    async def _produce(self, pages: AsyncIterator[Page], queue: asyncio.Queue[Page | BaseException | None]) -> None:
+        """Feed pages to the ingesting side, at most ``max_pages``; hand a failure over instead of
+        raising it here."""
+        left = self.client.limits.max_pages
+        try:
+            async for page in pages:
+                await queue.put(page)
+                left -= 1
+                if left <= 0 and page.next_url is not None:
+                    self.cut_at = page.next_url
+                    break
+        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
+            await queue.put(exc)
+            return
+        await queue.put(None)

@@ -94,6 +94,8 @@ def event_json(event: pb.Event) -> bytes:
         "last_updated": _time(event.last_updated) if event.HasField("last_updated") else None,
         "received_at": _time(event.received_at),
         "object": orjson.loads(event.object) if event.object else None,
+        # body and object left out: too large for one message (fetch the object with GetObject)
+        **({"truncated": True} if event.truncated else {}),
     })
 
 

@@ -20,7 +20,7 @@ from relay.settings import Settings
 from relay.store.base import Store
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 from relay.stream.fanout import Hub
-from relay.stream.service import SERVICE_NAME, RelayService, to_event
+from relay.stream.service import CLIENT_DEFAULT_LIMIT, SERVICE_NAME, RelayService, to_event
 
 if TYPE_CHECKING:
     from relay.routing.holder import ConfigHolder
@@ -38,6 +38,14 @@ _OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
 ]
+
+
+def _options(settings: Settings) -> list[tuple[str, int]]:
+    """Message limits: requests are small, so a large one is refused early; an answer may carry one
+    whole object (GetObject), never more than the object cap allows. Events and ListObjects pages are
+    kept under the 4 MiB every default client accepts (``service.MESSAGE_BUDGET``)."""
+    send = max(CLIENT_DEFAULT_LIMIT, settings.max_object_bytes + 64 * 1024)
+    return [*_OPTIONS, ("grpc.max_receive_message_length", 1024 * 1024), ("grpc.max_send_message_length", send)]
 
 
 _SEND_FAILED = f"ExecuteBatchError raised in core by servicer method [/{SERVICE_NAME}/Subscribe]"
@@ -85,8 +93,9 @@ def grpc_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunI
         hub = Hub(store, to_event)
         await hub.start()
         logging.getLogger("grpc._cython.cygrpc").addFilter(_DISCONNECT_NOISE)  # once: the same object
-        server = grpc.aio.server(options=_OPTIONS)
-        pb_grpc.add_RelayServicer_to_server(RelayService(store, holder, hub), server)  # type: ignore[no-untyped-call]  # generated code
+        server = grpc.aio.server(options=_options(settings))
+        service = RelayService(store, holder, hub, max_streams_per_client=settings.grpc_max_streams_per_client)
+        pb_grpc.add_RelayServicer_to_server(service, server)  # type: ignore[no-untyped-call]  # generated code
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

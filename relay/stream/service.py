@@ -39,6 +39,11 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_OBJECT_IDS = 1000
 MAX_ID_LENGTH = 64  # event.object_id / state.object_id column width
+# What a gRPC client accepts by default (grpc.max_receive_message_length); no Event and no
+# ListObjects page is built larger, whatever the body and object size settings are.
+CLIENT_DEFAULT_LIMIT = 4 * 1024 * 1024
+MESSAGE_BUDGET = CLIENT_DEFAULT_LIMIT - 64 * 1024  # room for ids, timestamps and framing
+DEFAULT_MAX_STREAMS_PER_CLIENT = 16  # Settings.grpc_max_streams_per_client
 _CONSUMER_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALL_MODULES = frozenset(MODULES)
@@ -109,13 +114,23 @@ def _timestamp(dt: datetime) -> dict[str, int]:
 
 
 def to_event(r: EventRecord) -> pb.Event:
-    """The wire form of a stored event; body and object are stored as JSON text, sent as its bytes."""
+    """The wire form of a stored event; body and object are stored as JSON text, sent as its bytes.
+
+    An event that would not fit in a default client's message limit goes out with ``truncated`` set
+    and without body and object: one such event must not stop every subscriber that reaches its seq
+    (each resume would fail on it again). The client fetches the object with GetObject.
+    """
+    body = r.body.encode()
+    obj = r.object.encode() if r.object is not None else None
+    truncated = len(body) + (len(obj) if obj is not None else 0) > MESSAGE_BUDGET
+    if truncated:
+        body, obj = b"", None
     return pb.Event(
         seq=r.seq, module=r.module, action=r.action, country_code=r.country_code, party_id=r.party_id,
         object_id=r.object_id, evse_uid=r.evse_uid, connector_id=r.connector_id,
         last_updated=_timestamp(r.last_updated) if r.last_updated is not None else None,
-        received_at=_timestamp(r.received_at), body=r.body.encode(),
-        object=r.object.encode() if r.object is not None else None, origin=r.origin, request_id=r.request_id,
+        received_at=_timestamp(r.received_at), body=body, object=obj, origin=r.origin, request_id=r.request_id,
+        truncated=truncated,
     )
 
 
@@ -301,10 +316,13 @@ def _parse_page_token(token: str, module: str) -> tuple[str, str, str] | None:
 class RelayService(pb_grpc.RelayServicer):
     """ocpi_relay.v1.Relay on a Store; ``config`` returns the current forwarding config."""
 
-    def __init__(self, store: Store, config: Callable[[], RoutingConfig], hub: Hub[pb.Event]) -> None:
+    def __init__(self, store: Store, config: Callable[[], RoutingConfig], hub: Hub[pb.Event], *,
+                 max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT) -> None:
         self.store = store
         self.config = config
         self.hub = hub
+        self.max_streams_per_client = max_streams_per_client
+        self._streams: dict[str, int] = {}  # open Subscribe streams per stream client name
 
     def _authenticate(self, context: _Context) -> StreamClient:
         return _client_for(self.config(), _token(context))
@@ -315,19 +333,32 @@ class RelayService(pb_grpc.RelayServicer):
     ) -> AsyncGenerator[pb.Event, None]:
         token = _token(context)
         live = _LiveFilter(self.config, token, Selection.of(request))
-        after = await self._start(request, live.client)
-        # Sent before any event: the client learns where its stream starts (what `latest` or a
-        # consumer resolved to) and that the subscription is in place.
-        await context.send_initial_metadata(((START_METADATA, str(after)),))
-        logger.info("stream_opened", extra={"client": live.client.name, "after_seq": after,
-                                            "start": request.WhichOneof("start")})
+        name = live.client.name
+        # Each stream holds a page of events and a database read at times: one client (a reconnect
+        # loop that never closes its old calls) must not take the server's memory and pool.
+        if self._streams.get(name, 0) >= self.max_streams_per_client:
+            raise RequestError(Code.RESOURCE_EXHAUSTED, f"stream client {name!r} already has "
+                               f"{self.max_streams_per_client} open Subscribe streams (the most "
+                               "RELAY_GRPC_MAX_STREAMS_PER_CLIENT allows); close one first")
+        self._streams[name] = self._streams.get(name, 0) + 1
         try:
+            after = await self._start(request, live.client)
+            # Sent before any event: the client learns where its stream starts (what `latest` or a
+            # consumer resolved to) and that the subscription is in place.
+            await context.send_initial_metadata(((START_METADATA, str(after)),))
+            logger.info("stream_opened", extra={"client": name, "after_seq": after,
+                                                "start": request.WhichOneof("start")})
             async with contextlib.aclosing(follow(self.hub, after, live)) as pages:
                 async for page in pages:
                     for event in page:
                         yield event
         finally:
-            logger.info("stream_closed", extra={"client": live.client.name})
+            left = self._streams[name] - 1
+            if left:
+                self._streams[name] = left
+            else:
+                del self._streams[name]
+            logger.info("stream_closed", extra={"client": name})
         # follow only ends when the server shuts down: tell the client to come back
         raise RequestError(Code.UNAVAILABLE, "server shutting down; resubscribe after the last seq you received")
 
@@ -405,9 +436,16 @@ class RelayService(pb_grpc.RelayServicer):
             [(p.country_code, p.party_id) for p in cpos]
         # One more than asked tells whether another page exists without a count query.
         states = await self.store.list_states(module, patterns, after, size + 1)
-        page = states[:size]
+        objects: list[pb.Object] = []
+        budget = MESSAGE_BUDGET
+        for state in states[:size]:
+            obj = to_object(state)
+            budget -= len(obj.object) + 256
+            if objects and budget < 0:
+                break  # a page of large objects ends early: it stays readable by a default client
+            objects.append(obj)
         token = ""
-        if len(states) > size:
-            last = page[-1].key
+        if len(states) > len(objects):
+            last = states[len(objects) - 1].key
             token = _page_token(module, (last.country_code, last.party_id, last.object_id))
-        return pb.ListObjectsResponse(objects=[to_object(s) for s in page], next_page_token=token)
+        return pb.ListObjectsResponse(objects=objects, next_page_token=token)

@@ -18,7 +18,7 @@ async def test_get_object_returns_the_merged_current_state(relay: RelayHandle, s
     body = location()
     await put_location(relay, body)
     ans = await relay.patch(f"/locations/NL/GFX/{body['id']}/NL-GFX-E0873421-1",
-                            {"status": "OUTOFORDER", "last_updated": "2030-05-01T10:00:00Z"})
+                            {"status": "OUTOFORDER", "last_updated": "2025-05-01T10:00:00Z"})
     assert ans.body["status_code"] == 1000
     obj = await stub.GetObject(
         pb.GetObjectRequest(module="locations", country_code="NL", party_id="GFX", id=body["id"]), metadata=bearer())
@@ -27,7 +27,7 @@ async def test_get_object_returns_the_merged_current_state(relay: RelayHandle, s
     merged = json.loads(obj.object)
     assert merged["name"] == body["name"]
     assert {e["uid"]: e["status"] for e in merged["evses"]}["NL-GFX-E0873421-1"] == "OUTOFORDER"
-    assert obj.last_updated.ToJsonString() == "2030-05-01T10:00:00Z"
+    assert obj.last_updated.ToJsonString() == "2025-05-01T10:00:00Z"
     http = await relay.get(f"/locations/NL/GFX/{body['id']}")
     assert http.body["data"] == merged
 

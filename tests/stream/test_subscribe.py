@@ -71,7 +71,7 @@ async def test_event_carries_the_body_as_received_and_the_merged_object(
     body = location(name="Before")
     await put_location(relay, body)
     ans = await relay.patch(f"/locations/NL/GFX/{body['id']}/NL-GFX-E0873421-1",
-                            {"status": "CHARGING", "last_updated": "2030-01-01T00:00:00Z"})
+                            {"status": "CHARGING", "last_updated": "2025-01-01T00:00:00Z"})
     assert ans.body["status_code"] == 1000, ans.body
     call = await subscribe(stub, earliest=True)
     put, patch = await read_n(call, 2)
@@ -81,11 +81,11 @@ async def test_event_carries_the_body_as_received_and_the_merged_object(
     assert put.origin == "push" and put.received_at.seconds > 0
     assert object_of(put)["name"] == "Before"
     assert (patch.action, patch.evse_uid, patch.connector_id) == ("patch", "NL-GFX-E0873421-1", "")
-    assert patch.body == b'{"status": "CHARGING", "last_updated": "2030-01-01T00:00:00Z"}'
+    assert patch.body == b'{"status": "CHARGING", "last_updated": "2025-01-01T00:00:00Z"}'
     merged = object_of(patch)
     assert merged["id"] == body["id"]
     assert {e["uid"]: e["status"] for e in merged["evses"]}["NL-GFX-E0873421-1"] == "CHARGING"
-    assert patch.last_updated.ToJsonString() == "2030-01-01T00:00:00Z"
+    assert patch.last_updated.ToJsonString() == "2025-01-01T00:00:00Z"
 
 
 async def test_after_seq_starts_right_after_that_seq(relay: RelayHandle, stub: pb_grpc.RelayStub) -> None:
@@ -266,9 +266,9 @@ async def test_stale_and_identical_pushes_are_not_streamed_and_seqs_may_skip(
     relay: RelayHandle, stub: pb_grpc.RelayStub
 ) -> None:
     newer = location(name="newer")
-    newer["last_updated"] = "2030-01-02T00:00:00Z"
-    older = copy.deepcopy(newer) | {"name": "older", "last_updated": "2030-01-01T00:00:00Z"}
-    newest = copy.deepcopy(newer) | {"name": "newest", "last_updated": "2030-01-03T00:00:00Z"}
+    newer["last_updated"] = "2025-01-02T00:00:00Z"
+    older = copy.deepcopy(newer) | {"name": "older", "last_updated": "2025-01-01T00:00:00Z"}
+    newest = copy.deepcopy(newer) | {"name": "newest", "last_updated": "2025-01-03T00:00:00Z"}
     await put_location(relay, newer)  # seq 1, applied
     await put_location(relay, newer)  # identical: no event at all
     await put_location(relay, older)  # seq 2, stale: stored, never streamed

@@ -30,7 +30,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, modules: _Optional[_Iterable[str]] = ..., cpos: _Optional[_Iterable[str]] = ..., object_ids: _Optional[_Iterable[str]] = ..., after_seq: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., earliest: _Optional[bool] = ..., latest: _Optional[bool] = ..., consumer: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "module", "action", "country_code", "party_id", "object_id", "evse_uid", "connector_id", "last_updated", "received_at", "body", "object", "origin", "request_id")
+    __slots__ = ("seq", "module", "action", "country_code", "party_id", "object_id", "evse_uid", "connector_id", "last_updated", "received_at", "body", "object", "origin", "request_id", "truncated")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class Event(_message.Message):
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     module: str
     action: str
@@ -59,7 +60,8 @@ class Event(_message.Message):
     object: bytes
     origin: str
     request_id: str
-    def __init__(self, seq: _Optional[int] = ..., module: _Optional[str] = ..., action: _Optional[str] = ..., country_code: _Optional[str] = ..., party_id: _Optional[str] = ..., object_id: _Optional[str] = ..., evse_uid: _Optional[str] = ..., connector_id: _Optional[str] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., body: _Optional[bytes] = ..., object: _Optional[bytes] = ..., origin: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, seq: _Optional[int] = ..., module: _Optional[str] = ..., action: _Optional[str] = ..., country_code: _Optional[str] = ..., party_id: _Optional[str] = ..., object_id: _Optional[str] = ..., evse_uid: _Optional[str] = ..., connector_id: _Optional[str] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., body: _Optional[bytes] = ..., object: _Optional[bytes] = ..., origin: _Optional[str] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("consumer", "seq")
