@@ -21,9 +21,33 @@ from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import SqlStore, open_store
 
+# Text from the wire (paths, reasons, partner answers, consumer names) reaches the operator's
+# terminal escaped: C0 (tab and newline too: they are the tables' separators), DEL, C1 and the
+# bidi/line-separator controls, so nothing printed can move the cursor, retitle the window, or
+# hide or reorder text. JSON output gets the same as JSON escapes (orjson escapes C0 itself).
+_UNSAFE = (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_TEXT_ESCAPES = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0x20}
+
+
+def printable(value: object) -> str:
+    """``value`` as text that is safe to print on a terminal (unsafe characters as ``\\x1b`` etc.)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if text.isprintable() else text.translate(_TEXT_ESCAPES)
+
+
+def json_safe(text: str) -> str:
+    """JSON text with the control characters JSON lets through raw (DEL, C1, ...) as ``\\u`` escapes."""
+    return text if text.isascii() and "\x7f" not in text else text.translate(_JSON_ESCAPES)
+
+
+def json_text(data: Any) -> str:
+    """Indented JSON for the operator; every control character is a JSON escape."""
+    return json_safe(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+
 
 def _out(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    sys.stdout.write(json_text(data) + "\n")
 
 
 @asynccontextmanager
@@ -42,14 +66,14 @@ def check_config(args: argparse.Namespace) -> int:
     problems = _check(path)
     if problems:
         for line in problems:
-            sys.stderr.write(line + "\n")
+            sys.stderr.write(printable(line) + "\n")
         return 1
     cfg = load_config(path)
     if args.json:
         _out(describe(cfg))
     else:
         sys.stdout.write(
-            f"{path}: ok ({len(cfg.subscriptions)} subscriptions, {len(cfg.stream_clients)} stream clients, "
+            f"{printable(path)}: ok ({len(cfg.subscriptions)} subscriptions, {len(cfg.stream_clients)} stream clients, "
             f"{len(cfg.targets)} targets, {len(cfg.rules)} rules, {len(cfg.pull)} pull sources)\n"
         )
     return 0
@@ -69,14 +93,14 @@ async def status(settings: Settings, *, as_json: bool) -> int:
         _out(stats)
         return 0
     w = sys.stdout.write
-    w(f"events: {stats['events']} (last seq {stats['last_seq']}); by status: {stats['events_by_status']}\n")
+    w(f"events: {stats['events']} (last seq {stats['last_seq']}); by status: {printable(stats['events_by_status'])}\n")
     w(f"unmatched EVSE/connector pushes: {stats['unmatched']}\n")
     w(f"rejected: {stats['rejected']} ({stats['rejected_open']} not replayed)\n")
     for name, t in sorted(stats["targets"].items()):
-        w(f"target {name}: depth {t['depth']}, dead {t['dead']}, done {t['done']}, "
+        w(f"target {printable(name)}: depth {t['depth']}, dead {t['dead']}, done {t['done']}, "
           f"oldest pending {t['oldest_pending_age_s']}s\n")
     for name, c in sorted(stats["consumers"].items()):
-        w(f"consumer {name}: seq {c['seq']}, lag {c['lag']}\n")
+        w(f"consumer {printable(name)}: seq {c['seq']}, lag {c['lag']}\n")
     return 0
 
 
@@ -88,8 +112,8 @@ async def rejected_list(settings: Settings, *, as_json: bool, only_open: bool, l
         return 0
     for r in rows:
         replayed = f" replayed {r.replayed_at:%Y-%m-%d %H:%M:%S}" if r.replayed_at else ""
-        sys.stdout.write(f"{r.id}\t{r.received_at:%Y-%m-%d %H:%M:%S}\t{r.method} {r.path}\t{r.http_status}/"
-                         f"{r.status_code}\t{r.reason[:100]}{replayed}\n")
+        sys.stdout.write(f"{r.id}\t{r.received_at:%Y-%m-%d %H:%M:%S}\t{printable(r.method)} {printable(r.path)}\t"
+                         f"{r.http_status}/{r.status_code}\t{printable(r.reason[:100])}{replayed}\n")
     return 0
 
 
@@ -132,7 +156,8 @@ async def rejected_replay(settings: Settings, ids: list[int], *, replay_all: boo
         _out(results)
     else:
         for res in results:
-            sys.stdout.write(f"{res['id']}\t{'ok' if res['ok'] else 'refused'}\t{res['status_code']}\t{res['message']}\n")
+            sys.stdout.write(f"{res['id']}\t{'ok' if res['ok'] else 'refused'}\t{res['status_code']}\t"
+                             f"{printable(res['message'])}\n")
     return 0 if all(res["ok"] for res in results) else 1
 
 
@@ -175,4 +200,7 @@ async def _replay_pulled(store: SqlStore, ingestor: Ingestor, holder: ConfigHold
     return outcome.ok, outcome.status_code, outcome.message
 
 
-__all__ = ["ConfigError", "check_config", "migrate", "rejected_list", "rejected_replay", "rejected_show", "status"]
+__all__ = [
+    "ConfigError", "check_config", "json_safe", "json_text", "migrate", "printable", "rejected_list", "rejected_replay",
+    "rejected_show", "status",
+]

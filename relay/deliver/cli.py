@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import orjson
 
 from relay.cli import add_common_options, settings_from_args
-from relay.commands import opened
+from relay.commands import json_text, opened, printable
 from relay.log import setup_logging
 from relay.routing.config import RoutingConfig, load_config
 from relay.routing.rules import route
@@ -82,7 +82,7 @@ def _dead_retry_args(args: argparse.Namespace) -> int:
 
 
 def _out(data: Any, out: TextIO) -> None:
-    out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    out.write(json_text(data) + "\n")
 
 
 def _iso(value: Any) -> str | None:
@@ -114,8 +114,8 @@ async def dead_list(settings: Settings, *, target: str | None, as_json: bool, li
         return 0
     for r in rows:
         status = "/".join(str(s) for s in (r.last_http_status, r.last_ocpi_status) if s is not None) or "-"
-        out.write(f"{r.id}\t{r.target}\tseq {r.seq}\t{r.object_key}\t{r.rule}\tattempts {r.attempts}\t"
-                  f"{status}\t{(r.last_error or '')[:160]}\n")
+        out.write(f"{r.id}\t{printable(r.target)}\tseq {r.seq}\t{printable(r.object_key)}\t{printable(r.rule)}\t"
+                  f"attempts {r.attempts}\t{status}\t{printable((r.last_error or '')[:160])}\n")
     return 0
 
 
@@ -157,7 +157,7 @@ async def replay(settings: Settings, target: str, *, from_seq: int = 1, to_seq: 
     cfg = load_config(settings.config)
     if cfg.target(target) is None:
         known = ", ".join(t.name for t in cfg.targets) or "none"
-        sys.stderr.write(f"relay replay: no target {target!r} in {settings.config} (targets: {known})\n")
+        sys.stderr.write(printable(f"relay replay: no target {target!r} in {settings.config} (targets: {known})") + "\n")
         return 2
     queued = skipped = 0
     async with opened(settings) as store:
@@ -173,7 +173,7 @@ async def replay(settings: Settings, target: str, *, from_seq: int = 1, to_seq: 
             added = await outbox.enqueue_missing(rows)
             queued, skipped = queued + added, skipped + len(rows) - added
             after = events[-1].seq
-            progress.write(f"\rreplay {target}: seq {after}/{last}, {queued} queued, {skipped} already pending")
+            progress.write(f"\rreplay {printable(target)}: seq {after}/{last}, {queued} queued, {skipped} already pending")
             progress.flush()
             shown = True
         if shown:
@@ -182,7 +182,7 @@ async def replay(settings: Settings, target: str, *, from_seq: int = 1, to_seq: 
     if as_json:
         _out(summary, out)
     else:
-        out.write(f"queued {queued} deliveries to {target} for seq {from_seq}..{last} "
+        out.write(f"queued {queued} deliveries to {printable(target)} for seq {from_seq}..{last} "
                   f"({skipped} already pending)\n")
     return 0
 

@@ -6,8 +6,10 @@ requests/s (token bucket), and a circuit breaker that pauses a failing target an
 through; each target has its own loop, so a slow or failing partner never holds up another. A claim commits before any
 send; each outcome is recorded in a new transaction (group-committed with the outcomes that finished
 meanwhile) before the object's next row goes out, so a crash can repeat a delivery but never reorder
-an object's deliveries (order rules: relay.store.outbox). Held rows have their lease renewed; rows of
-a dead worker are taken over once their lease ends.
+an object's deliveries (order rules: relay.store.outbox). An outcome write that fails (database
+down) is retried while the row's lease lasts; if it never lands, or the row is no longer ours, the
+chain stops there and hands the row back, so the same row is sent again before the object's next
+one. Held rows have their lease renewed; rows of a dead worker are taken over once their lease ends.
 
 Wake-ups: new events committed by this process (or announced by PostgreSQL NOTIFY) kick every loop;
 otherwise each loop polls every POLL_INTERVAL, which also picks up rows that `relay dead retry` or
@@ -23,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -68,7 +71,13 @@ EVENT_CLAIM_GAP = 0.05  # new events trigger at most one claim per this many sec
 GAUGE_INTERVAL = 2.0  # outbox depth / dead letter gauges (a grouped count over open and dead rows)
 DRAIN_GRACE = 10.0  # on stop, sends on the wire get this long to finish
 PAUSE_AFTER_ERROR = 1.0
-RECORD_TRIES = 3
+# An outcome write that fails is tried again (pauses doubling from RECORD_PAUSE up to RECORD_PAUSE_MAX)
+# while the row's lease lasts; it is given up LEASE_SAFETY before the lease may end, and the row is
+# then sent again by whoever claims it next. A row is sent only with at least its timeout plus
+# LEASE_SAFETY of lease left, so a send never outlives the claim it was made under.
+RECORD_PAUSE = 0.25
+RECORD_PAUSE_MAX = 2.0
+LEASE_SAFETY = 5.0
 
 
 def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
@@ -92,54 +101,93 @@ def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, inf
     return part
 
 
+@dataclass(slots=True)
+class _Queued:
+    write: OutcomeWrite
+    leases: dict[int, float]  # the chain's loop's lease ends (monotonic) by row id
+    future: asyncio.Future[bool]
+
+
 class OutcomeWriter:
-    """Group commit for outcomes: whatever finished while the previous write ran goes in the next."""
+    """Group commit for outcomes: whatever finished while the previous write ran goes in the next.
+
+    A failed write is tried again, together with whatever was queued meanwhile, while the rows'
+    leases last: a chain waits for its outcome and never sends the object's next row before it.
+    """
 
     def __init__(self, outbox: Outbox, owner: str) -> None:
         self.outbox = outbox
         self.owner = owner
-        self._queue: list[tuple[OutcomeWrite, asyncio.Future[None]]] = []
+        self._queue: list[_Queued] = []
         self._wake = asyncio.Event()
-        self._closing = False
+        self._closing = asyncio.Event()
 
-    async def record(self, write: OutcomeWrite) -> None:
-        """Returns once the outcome is committed (or given up on: the lease then brings the row back)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((write, future))
+    async def record(self, write: OutcomeWrite, leases: dict[int, float]) -> bool:
+        """True once the outcome is committed. False when it is not: the row is no longer ours (its
+        lease was taken over), or the write kept failing until the lease (``leases[write.id]``,
+        monotonic) was about to end. The row then comes back with its lease, to be sent again."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(write, leases, future))
         self._wake.set()
-        await future
+        return await future
 
     def close(self) -> None:
-        """Finish what is queued, then let ``run`` return."""
-        self._closing = True
+        """Finish what is queued (one try each), then let ``run`` return."""
+        self._closing.set()
         self._wake.set()
 
     async def run(self) -> None:
+        batch: list[_Queued] = []
+        failures = 0
         while True:
-            if not self._queue:
-                if self._closing:
+            if self._queue:
+                batch += self._queue
+                self._queue = []
+            if not batch:
+                if self._closing.is_set():
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch, self._queue = self._queue, []
-            await self._commit([w for w, _ in batch])
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-
-    async def _commit(self, writes: list[OutcomeWrite]) -> None:
-        for attempt in range(1, RECORD_TRIES + 1):
             try:
-                await self.outbox.record(writes, self.owner)
-                return
-            except StoreError as exc:
-                logger.warning("recording delivery outcomes failed", extra={"error": str(exc), "attempt": attempt})
-            except Exception:  # noqa: BLE001 - the senders wait on us: never die with their futures open
-                logger.exception("recording delivery outcomes failed", extra={"attempt": attempt})
-            await asyncio.sleep(0.5 * attempt)
-        logger.error("delivery outcomes not recorded; those rows are retried when their lease ends",
-                     extra={"count": len(writes)})
+                lost = await self.outbox.record([q.write for q in batch], self.owner)
+            except Exception as exc:  # noqa: BLE001 - the senders wait on us: never die with their futures open
+                failures += 1
+                if isinstance(exc, StoreError):
+                    logger.warning("recording delivery outcomes failed",
+                                   extra={"error": str(exc), "attempt": failures, "count": len(batch)})
+                else:
+                    logger.exception("recording delivery outcomes failed",
+                                     extra={"attempt": failures, "count": len(batch)})
+                pause = min(RECORD_PAUSE_MAX, RECORD_PAUSE * 2 ** min(failures - 1, 8))
+                batch = self._give_up_expiring(batch, time.monotonic() + pause)
+                if batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), pause)
+                continue
+            failures = 0
+            if lost:
+                logger.warning("delivery outcomes not recorded: those rows are no longer claimed by this worker",
+                               extra={"count": len(lost)})
+            for q in batch:
+                if not q.future.done():
+                    q.future.set_result(q.write.id not in lost)
+            batch = []
+
+    def _give_up_expiring(self, batch: list[_Queued], next_try: float) -> list[_Queued]:
+        """Resolve (False) the writes whose lease ends before the next try could land; keep the rest."""
+        keep: list[_Queued] = []
+        closing = self._closing.is_set()
+        for q in batch:
+            if closing or q.future.done() or q.leases.get(q.write.id, 0.0) - LEASE_SAFETY <= next_try:
+                if not q.future.done():
+                    q.future.set_result(False)
+            else:
+                keep.append(q)
+        if len(keep) < len(batch):
+            logger.error("delivery outcomes not recorded; those rows are sent again once their lease ends",
+                         extra={"count": len(batch) - len(keep)})
+        return keep
 
 
 class Dispatcher:
@@ -342,7 +390,8 @@ class TargetLoop:
         self.stopping = False
         self.ready: deque[Chain] = deque()  # claimed, not started
         self.chains: set[asyncio.Task[None]] = set()
-        self.held: set[int] = set()  # claimed and not settled: their leases are renewed
+        # claimed and not settled, with the monotonic time their lease ends; their leases are renewed
+        self.held: dict[int, float] = {}
         self.sending = 0  # requests on the wire right now
         self.slots = SendSlots(target.concurrency)  # sending <= slots.held <= concurrency
         self.breaker = CircuitBreaker(target.retry_base, target.retry_max)
@@ -368,7 +417,12 @@ class TargetLoop:
 
     async def renew(self) -> None:
         """Lease heartbeat for every row this loop holds (queued, paced or being sent)."""
-        await self.d.outbox.extend(sorted(self.held), self.d.owner, self.target.timeout + LEASE_MARGIN)
+        ids, lease, start = sorted(self.held), self.target.timeout + LEASE_MARGIN, time.monotonic()
+        kept = await self.d.outbox.extend(ids, self.d.owner, lease)
+        for i in ids:
+            if i in self.held:
+                # a row whose claim is gone (lease over, taken back) must not be sent on that claim
+                self.held[i] = max(self.held[i], start + lease) if i in kept else 0.0
 
     def max_chains(self) -> int:
         return self.target.concurrency * CHAIN_OVERLAP
@@ -420,13 +474,15 @@ class TargetLoop:
         self.unblocked, self.full_claim, self.last_claim = False, False, now
         room = 2 * self.max_chains() - len(self.ready) - len(self.chains)
         heads = 1 if allowance == 1 else max(1, min(self.d.claim_max, room))
-        rows = await self.d.outbox.claim(target.name, heads, self.d.owner, target.timeout + LEASE_MARGIN,
+        lease = target.timeout + LEASE_MARGIN
+        lease_end = time.monotonic() + lease  # taken before the claim: never later than the database's
+        rows = await self.d.outbox.claim(target.name, heads, self.d.owner, lease,
                                          chain=CHAIN_MAX, max_rows=MAX_CLAIM_ROWS, with_events=True)
         # a row of ours whose lease ran out (a stalled renewal) may come back: it is already in hand
         rows = [r for r in rows if r.id not in self.held]
         if not rows:
             return POLL_INTERVAL
-        self.held.update(r.id for r in rows)
+        self.held.update((r.id, lease_end) for r in rows)
         chains: dict[str, Chain] = {}
         for row in rows:  # claim() sorts by (object, seq)
             chains.setdefault(row.object_key, []).append((row, row.event))
@@ -445,12 +501,12 @@ class TargetLoop:
             self.chains.add(task)
 
     async def _run_chain(self, chain: Chain) -> None:
-        sent_upto = 0
+        settled_upto = 0
         try:
             for row, event in chain:
                 await self.slots.acquire()
                 try:
-                    if self.stopping or self.retired or not await self._pace():
+                    if self.stopping or self.retired or not await self._pace() or not self._lease_left(row):
                         break
                     self.sending += 1
                     try:
@@ -464,16 +520,22 @@ class TargetLoop:
                 finally:
                     self.slots.release()
                 settled = self._settle(row, event, outcome, sent)
-                await self.d.writer.record(OutcomeWrite(
+                recorded = await self.d.writer.record(OutcomeWrite(
                     row.id, settled.state, settled.attempts, settled.next_attempt_at, settled.http_status,
                     settled.ocpi_status, settled.error,
-                ))
-                self.held.discard(row.id)
-                sent_upto += 1
+                ), self.held)
+                if not recorded:
+                    # The outcome is not in the database, so this row is still open there: the
+                    # object's next row must not go out. The row and the rest of the chain are handed
+                    # back (or, if that fails too, come back when their lease ends); this row heads
+                    # the object again and is sent again first.
+                    break
+                self.held.pop(row.id, None)
+                settled_upto += 1
                 if settled.state == "pending":
                     break  # this row waits for its retry: the object's later rows wait behind it
         finally:
-            rest = [row.id for row, _ in chain[sent_upto:]]
+            rest = [row.id for row, _ in chain[settled_upto:]]
             if rest:
                 await self._release(rest)
             task = asyncio.current_task()
@@ -481,6 +543,14 @@ class TargetLoop:
                 self.chains.discard(task)
             self.unblocked = True
             self.kick.set()
+
+    def _lease_left(self, row: ClaimedDelivery) -> bool:
+        """Whether the row's lease outlasts a send of it (its timeout) with LEASE_SAFETY to spare."""
+        if self.held.get(row.id, 0.0) - time.monotonic() >= self.target.timeout + LEASE_SAFETY:
+            return True
+        logger.warning("a claimed delivery's lease is nearly over (renewals failing?); it is handed back unsent",
+                       extra={"target": row.target, "delivery_id": row.id, "seq": row.seq})
+        return False
 
     async def _pace(self) -> bool:
         """Wait for the rate limit; False when the breaker says no (the chain hands its rest back)."""
@@ -495,7 +565,8 @@ class TargetLoop:
                 return False
 
     async def _release(self, ids: list[int]) -> None:
-        self.held.difference_update(ids)
+        for i in ids:
+            self.held.pop(i, None)
         try:
             await self.d.outbox.release(ids, self.d.owner)
         except StoreError as exc:

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from relay.commands import printable
 from relay.ingest import Ingestor
 from relay.log import setup_logging
 from relay.pull.scheduler import run_schedule
@@ -100,7 +101,7 @@ async def _once(settings: Settings, holder: ConfigHolder, sources: tuple[PullSou
             finally:
                 bar.finish()
             for summary in summaries:
-                sys.stdout.write(summary.line() + "\n")
+                sys.stdout.write(printable(summary.line()) + "\n")
                 ok = ok and summary.ok
             sys.stdout.flush()
     finally:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -119,7 +119,9 @@ class Target:
     max_attempts: int = 12
     retry_base: float = 1.0
     retry_max: float = 600.0
-    headers: tuple[tuple[str, str], ...] = ()
+    # extra request headers (``headers`` and ``headers_env`` merged): values may be credentials, so
+    # they are never shown (masked in `describe`, left out of repr, scrubbed from logs)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,23 @@ def check_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = N
     return []
 
 
+def redact_url(url: str) -> str:
+    """``url`` safe to show: a password and every query value masked (they are often credentials)."""
+    parts = urlsplit(url)
+    if not parts.query and parts.password is None:
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:{MASK}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(f"{k}={MASK}" for k, _ in parse_qsl(parts.query, keep_blank_values=True)) or MASK
+    return urlunsplit((parts.scheme, netloc, parts.path, query if parts.query else "", parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The query values of ``url`` long enough to be credentials (for the log redaction filter)."""
+    return [v for _, v in parse_qsl(urlsplit(url).query) if len(v) >= 8]
+
+
 def describe(config: RoutingConfig) -> dict[str, Any]:
     """The effective configuration as plain data, every secret shown as ``**********``."""
 
@@ -332,10 +351,10 @@ def describe(config: RoutingConfig) -> dict[str, Any]:
             for c in config.stream_clients
         ],
         "targets": [
-            {"name": t.name, "type": t.type, "url": t.url, "secret": mask(t.secret), "token": mask(t.token),
+            {"name": t.name, "type": t.type, "url": redact_url(t.url), "secret": mask(t.secret), "token": mask(t.token),
              "timeout": t.timeout, "concurrency": t.concurrency, "rate_limit": t.rate_limit,
              "max_attempts": t.max_attempts, "retry_base": t.retry_base, "retry_max": t.retry_max,
-             "headers": dict(t.headers)}
+             "headers": {name: MASK for name, _ in t.headers}}
             for t in config.targets
         ],
         "rules": [
@@ -347,7 +366,7 @@ def describe(config: RoutingConfig) -> dict[str, Any]:
             for r in config.rules
         ],
         "pull": [
-            {"name": p.name, "url": p.url, "token": MASK, "modules": list(p.modules), "interval": p.interval,
+            {"name": p.name, "url": redact_url(p.url), "token": MASK, "modules": list(p.modules), "interval": p.interval,
              "default_cpo": cpo(p.default_cpo), "page_limit": p.page_limit, "timeout": p.timeout}
             for p in config.pull
         ],
@@ -373,7 +392,7 @@ _RESERVED_HEADERS = frozenset(
 _PULL_MODULES = ("locations", "sessions", "cdrs", "tariffs")
 _TARGET_KEYS = frozenset(
     {"name", "type", "url", "secret_env", "token_env", "timeout", "concurrency", "rate_limit",
-     "max_attempts", "retry_base", "retry_max", "headers"}
+     "max_attempts", "retry_base", "retry_max", "headers", "headers_env"}
 )
 _NULL_TAG = "tag:yaml.org,2002:null"
 _BAD = object()
@@ -734,26 +753,45 @@ class _Reader:
             max_attempts=self.integer(m.get("max_attempts"), f"{where}.max_attempts", 12, 1, 1000),
             retry_base=retry_base,
             retry_max=retry_max,
-            headers=self.headers(m.get("headers"), f"{where}.headers"),
+            headers=self.headers(m.get("headers"), m.get("headers_env"), where),
         )
 
-    def headers(self, node: Node | None, where: str) -> tuple[tuple[str, str], ...]:
-        if node is None:
-            return ()
-        if not isinstance(node, MappingNode):
-            self.problem(node, f"{where}: expected a mapping of header names to values")
-            return ()
-        out = []
-        for key_node, value_node in node.value:
-            key, value = self.scalar(key_node), self.scalar(value_node)
-            if not isinstance(key, str) or not _HEADER_RE.match(key):
-                self.problem(key_node, f"{where}: {key!r} is not a valid header name")
-            elif key.lower() in _RESERVED_HEADERS:
-                self.problem(key_node, f"{where}: {key!r} is set by the relay and cannot be configured")
-            elif not isinstance(value, str) or "\n" in value or "\r" in value:
-                self.problem(value_node, f"{where}.{key}: expected a one-line string")
-            else:
-                out.append((key, value))
+    def headers(self, inline: Node | None, from_env: Node | None, where: str) -> tuple[tuple[str, str], ...]:
+        """``headers`` (name: value) and ``headers_env`` (name: ENV_VAR, the value read from the env)."""
+        out: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for section, node in (("headers", inline), ("headers_env", from_env)):
+            if node is None:
+                continue
+            at = f"{where}.{section}"
+            if not isinstance(node, MappingNode):
+                self.problem(node, f"{at}: expected a mapping of header names to {'values' if section == 'headers' else 'env var names'}")
+                continue
+            for key_node, value_node in node.value:
+                key = self.scalar(key_node)
+                if not isinstance(key, str) or not _HEADER_RE.match(key):
+                    self.problem(key_node, f"{at}: {key!r} is not a valid header name")
+                    continue
+                if key.lower() in _RESERVED_HEADERS:
+                    self.problem(key_node, f"{at}: {key!r} is set by the relay and cannot be configured")
+                    continue
+                if key.lower() in seen:
+                    self.problem(key_node, f"{at}: header {key!r} is given twice (headers and headers_env)")
+                    continue
+                seen.add(key.lower())
+                if section == "headers_env":
+                    _, secret = self.env_secret(value_node, f"{at}.{key}")
+                    if secret is not None:
+                        if "\n" in secret.reveal() or "\r" in secret.reveal():
+                            self.problem(value_node, f"{at}.{key}: the env var's value must be one line")
+                        else:
+                            out.append((key, secret.reveal()))
+                    continue
+                value = self.scalar(value_node)
+                if not isinstance(value, str) or "\n" in value or "\r" in value:
+                    self.problem(value_node, f"{at}.{key}: expected a one-line string")
+                else:
+                    out.append((key, value))
         return tuple(out)
 
     def rule(self, node: Node, where: str, target_names: set[str]) -> Rule | None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 from relay.errors import ConfigError
 from relay.log import secret_filter
-from relay.routing.config import RoutingConfig, load_config
+from relay.routing.config import RoutingConfig, load_config, url_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,10 @@ def config_secrets(cfg: RoutingConfig) -> list[str]:
         out.extend(x.token.reveal() for x in group)
     for t in cfg.targets:
         out.extend(s.reveal() for s in (t.secret, t.token) if s is not None)
+        out.extend(value for _, value in t.headers if len(value) >= 4)  # header values may be credentials
+        out.extend(url_secrets(t.url))
+    for p in cfg.pull:
+        out.extend(url_secrets(p.url))
     for r in cfg.rules:
         out.extend(tr.key.reveal() for tr in r.transform if tr.key is not None)
     return out

@@ -172,6 +172,18 @@ def _short(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
+class _Fenced(Exception):
+    """Raised inside an outcome transaction to roll it back: some row is no longer the writer's claim."""
+
+
+def _record_params(outcomes: Sequence[OutcomeWrite], owner: str, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {"b_id": o.id, "b_owner": owner, "b_state": o.state, "b_attempts": o.attempts, "b_next": o.next_attempt_at,
+         "b_http": o.http_status, "b_ocpi": o.ocpi_status, "b_error": o.error, "b_now": now}
+        for o in outcomes
+    ]
+
+
 class _OwnThread:
     """A blocking SQLite connection on a thread of its own: a whole transaction per hand-off.
 
@@ -361,18 +373,25 @@ class Outbox:
             .values(state="pending", claimed_by=None, claimed_until=None, updated_at=now)
         )
 
-    async def extend(self, ids: Sequence[int], owner: str, lease: float) -> None:
-        """Heartbeat: keep the lease of rows this worker still holds (queued or being sent)."""
+    async def extend(self, ids: Sequence[int], owner: str, lease: float) -> set[int]:
+        """Heartbeat: keep the lease of rows this worker still holds (queued or being sent).
+
+        Returns the ids whose lease was extended; a missing one is no longer this owner's claim."""
+        kept: set[int] = set()
         if not ids:
-            return
+            return kept
         until = now_utc() + timedelta(seconds=lease)
         for i in range(0, len(ids), 500):
-            await self._write(
+            rows = await self._write(
                 update(DELIVERY)
                 .where(DELIVERY.c.id.in_(list(ids[i : i + 500])), DELIVERY.c.state == "in_flight",
                        DELIVERY.c.claimed_by == owner)
                 .values(claimed_until=until)
+                .returning(DELIVERY.c.id),
+                rows=True,
             )
+            kept.update(int(r[0]) for r in rows)
+        return kept
 
     async def events(self, seqs: Iterable[int]) -> dict[int, EventRecord]:
         """The events the claimed rows refer to, by seq."""
@@ -382,10 +401,14 @@ class Outbox:
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"outbox read failed: {type(exc).__name__}: {_short(exc)}") from exc
 
-    async def record(self, outcomes: Sequence[OutcomeWrite], owner: str) -> None:
-        """Store attempt outcomes in one transaction; a row whose lease was taken over is left alone."""
+    async def record(self, outcomes: Sequence[OutcomeWrite], owner: str) -> set[int]:
+        """Store attempt outcomes in one transaction, fenced: only rows still claimed by ``owner``.
+
+        Returns the ids that were not written because the row is no longer this owner's claim (its
+        lease ended and it was taken back or over): that attempt's outcome is void, and the caller
+        must not treat the row as settled (the object's next row must not follow it)."""
         if not outcomes:
-            return
+            return set()
         now = now_utc()
         if self._thread is not None:
             # the workers' SQLite thread: the same fenced UPDATE as _RECORD, as driver-level SQL fed
@@ -394,14 +417,44 @@ class Outbox:
             now_b = t(now)
             rows = [(o.state, o.attempts, t(o.next_attempt_at), o.http_status, o.ocpi_status, o.error, now_b, o.id,
                      owner) for o in outcomes]
-            await self._transaction(lambda conn: conn.exec_driver_sql(_RECORD_SQLITE, rows))
-            return
-        params = [
-            {"b_id": o.id, "b_owner": owner, "b_state": o.state, "b_attempts": o.attempts, "b_next": o.next_attempt_at,
-             "b_http": o.http_status, "b_ocpi": o.ocpi_status, "b_error": o.error, "b_now": now}
-            for o in outcomes
-        ]
-        await self._write(_RECORD, params)
+
+            def driver(conn: Connection) -> set[int]:
+                if conn.exec_driver_sql(_RECORD_SQLITE, rows).rowcount != len(rows):
+                    raise _Fenced  # some row is not ours any more: roll back, sort them out below
+                return set()
+
+            return await self._record_or_sort_out(driver, outcomes, owner, now)
+        if not self.store.write_engine.dialect.supports_sane_multi_rowcount:  # asyncpg's executemany
+            return await self._transaction(lambda conn: self._record_fenced(conn, outcomes, owner, now))
+
+        def sqlalchemy(conn: Connection) -> set[int]:
+            if conn.execute(_RECORD, _record_params(outcomes, owner, now)).rowcount != len(outcomes):
+                raise _Fenced
+            return set()
+
+        return await self._record_or_sort_out(sqlalchemy, outcomes, owner, now)
+
+    async def _record_or_sort_out(self, fast: Callable[[Connection], set[int]], outcomes: Sequence[OutcomeWrite],
+                                  owner: str, now: datetime) -> set[int]:
+        """``fast`` writes them all when every row is still ours (it counts); else one row at a time."""
+        try:
+            return await self._transaction(fast)
+        except _Fenced:
+            return await self._transaction(lambda conn: self._record_fenced(conn, outcomes, owner, now))
+
+    def _record_fenced(self, conn: Connection, outcomes: Sequence[OutcomeWrite], owner: str,
+                       now: datetime) -> set[int]:
+        """Lock the rows still claimed by ``owner`` and write only those; the rest are returned."""
+        ids = [o.id for o in outcomes]
+        mine_q = select(DELIVERY.c.id).where(DELIVERY.c.id.in_(ids), DELIVERY.c.state == "in_flight",
+                                              DELIVERY.c.claimed_by == owner)
+        if self.store.dialect == "postgresql":
+            mine_q = mine_q.with_for_update()
+        held = {int(r[0]) for r in conn.execute(mine_q)}
+        mine = [o for o in outcomes if o.id in held]
+        if mine:
+            conn.execute(_RECORD, _record_params(mine, owner, now))
+        return set(ids) - held
 
     async def reap_expired(self) -> int:
         """Rows whose claimer vanished (lease over) become ``pending`` again; no attempt is counted."""

@@ -480,16 +480,20 @@ class SqlStore(Store):
         return int(rows[0][0]) if rows else None
 
     async def commit_cursor(self, name: str, seq: int) -> None:
-        now = now_utc()
+        # One upsert that never moves backwards: two first commits of one name (two replicas serving
+        # one consumer) cannot both INSERT and collide, as an update-then-insert could.
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = postgresql.insert(CONSUMER) if self.dialect == "postgresql" else sqlite.insert(CONSUMER)
+        values = insert.values(name=name, seq=seq, updated_at=now_utc())
+        stmt = values.on_conflict_do_update(
+            index_elements=[CONSUMER.c.name],
+            set_={"seq": values.excluded.seq, "updated_at": values.excluded.updated_at},
+            where=CONSUMER.c.seq <= values.excluded.seq,
+        )
         try:
             async with self.engine.begin() as conn:
-                res = await conn.execute(
-                    update(CONSUMER).where(CONSUMER.c.name == name, CONSUMER.c.seq <= seq).values(seq=seq, updated_at=now)
-                )
-                if res.rowcount == 0:
-                    exists = (await conn.execute(select(CONSUMER.c.seq).where(CONSUMER.c.name == name))).first()
-                    if exists is None:
-                        await conn.execute(CONSUMER.insert().values(name=name, seq=seq, updated_at=now))
+                await conn.execute(stmt)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cursor commit failed: {_short(exc)}") from exc
 

@@ -16,6 +16,7 @@ import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from relay.commands import json_safe, printable
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 
@@ -111,7 +112,7 @@ def tail_command(args: argparse.Namespace) -> int:
     try:
         request = build_request(args)
     except ValueError as exc:
-        sys.stderr.write(f"relay tail: {exc}\n")
+        sys.stderr.write(f"relay tail: {printable(exc)}\n")
         return 2
     target = args.target or f"127.0.0.1:{os.environ.get('RELAY_GRPC_PORT') or 50051}"
     return asyncio.run(_tail_until_interrupted(target, token, request, args.consumer if args.commit else None))
@@ -156,11 +157,11 @@ async def tail(target: str, token: str, request: pb.SubscribeRequest, *, commit_
         committer = asyncio.create_task(commit_periodically()) if commit_as else None
         try:
             async for event in stub.Subscribe(request, metadata=metadata):
-                stream.write(event_json(event).decode() + "\n")
+                stream.write(json_safe(event_json(event).decode()) + "\n")
                 stream.flush()
                 last_seq = event.seq
         except grpc.aio.AioRpcError as err:
-            sys.stderr.write(f"relay tail: {err.code().name}: {err.details()}\n")
+            sys.stderr.write(f"relay tail: {err.code().name}: {printable(err.details())}\n")
             return 2 if err.code() in _USAGE_CODES else 1
         finally:
             if committer is not None:
