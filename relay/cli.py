@@ -60,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-migrate", action="store_true", help="do not apply database migrations at start")
     p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"],
                    help="event loop implementation (env RELAY_EVENT_LOOP; default auto: uvloop if installed)")
+    p.add_argument("--http-header-timeout", type=float,
+                   help="seconds a client has to send a request's headers (env RELAY_HTTP_HEADER_TIMEOUT; default 10)")
+    p.add_argument("--http-body-timeout", type=float,
+                   help="seconds a client has to send a request's body (env RELAY_HTTP_BODY_TIMEOUT; default 30)")
+    p.add_argument("--http-keepalive-timeout", type=int,
+                   help="seconds an idle kept-alive connection stays open (env RELAY_HTTP_KEEPALIVE_TIMEOUT; default 75)")
+    p.add_argument("--http-max-header-bytes", type=int,
+                   help="largest request line + headers, 431 beyond (env RELAY_HTTP_MAX_HEADER_BYTES; default 16 KiB)")
+    p.add_argument("--http-max-connections", type=int,
+                   help="open receiver connections at most; more are closed at once (env RELAY_HTTP_MAX_CONNECTIONS; "
+                        "default 1000)")
 
     p = sub.add_parser("migrate", help="apply database migrations and exit", formatter_class=fmt)
     add_common_options(p)
@@ -135,7 +146,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             grpc_port=args.grpc_port, base_path=args.base_path, max_body_bytes=args.max_body_bytes,
             http=False if args.no_http else None, grpc=False if args.no_grpc else None,
             workers=False if args.no_workers else None, migrate=False if args.no_migrate else None,
-            event_loop=args.event_loop,
+            event_loop=args.event_loop, http_header_timeout=args.http_header_timeout,
+            http_body_timeout=args.http_body_timeout, http_keepalive_timeout=args.http_keepalive_timeout,
+            http_max_header_bytes=args.http_max_header_bytes, http_max_connections=args.http_max_connections,
         )
         setup_logging(settings.log_level)
         from relay.runtime import loop_factory, run, tune_gc

@@ -77,6 +77,14 @@ class Settings:
     # auto: uvloop when installed (it comes with uvicorn[standard]), else asyncio's own loop
     event_loop: str = "auto"
     instance: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # receiver edge limits: seconds a client may take to send its headers, its body; idle keep-alive
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    # longer than common client pool idle times (60 s), so the client closes first: GreenFlux never
+    # retries a push that meets a connection the relay closed at the same moment
+    http_keepalive_timeout: int = 75
+    http_max_header_bytes: int = 16 * 1024
+    http_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -119,6 +127,13 @@ class Settings:
             problems.append(f"RELAY_DATABASE_URL: unsupported database URL scheme in {self.redacted_url()!r}")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             problems.append(f"RELAY_EVENT_LOOP: expected auto, asyncio or uvloop, got {self.event_loop!r}")
+        for name in ("http_header_timeout", "http_body_timeout", "http_keepalive_timeout"):
+            if not getattr(self, name) > 0:
+                problems.append(f"RELAY_{name.upper()}: must be a number of seconds above 0")
+        if self.http_max_header_bytes < 1024:
+            problems.append("RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024")
+        if self.http_max_connections < 1:
+            problems.append("RELAY_HTTP_MAX_CONNECTIONS: must be at least 1")
         if problems:
             raise ConfigError(problems)
 
