@@ -17,6 +17,8 @@ import aiohttp
 import psutil
 import pytest
 
+from relay.errors import ConfigError
+from relay.settings import Settings
 from tests.conftest import GFX_TOKEN, RelayProcess, eventually, example, spawn_relay
 
 Serve = Callable[..., Awaitable[RelayProcess]]
@@ -219,3 +221,40 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeo
     # uvicorn's own default is 5 s; closed well before that means the setting took effect
     assert await read_until_closed(reader, timeout=4) == b""
     writer.close()
+
+
+async def test_a_large_push_and_pipelined_pushes_in_one_write_pass_the_header_limit(serve: Serve) -> None:
+    """Only header bytes count: a 300 KB body written with its headers, and three requests written at
+    once, are answered as usual."""
+    proc = await serve(RELAY_HTTP_MAX_HEADER_BYTES="1024")
+    loc = example("location_full.json")
+
+    def put(loc_id: str, **extra: str) -> bytes:
+        body = json.dumps({**loc, "id": loc_id, **extra}).encode()
+        return (f"PUT /locations/NL/GFX/{loc_id} HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+                f"Authorization: Token {GFX_TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+    reader, writer = await connect(proc)
+    writer.write(put("BIG", x_padding="a" * 300_000) + put("PIPE1") + put("PIPE2") + put("PIPE3"))
+    await writer.drain()
+    for _ in range(4):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert length is not None, head
+        body = json.loads(await asyncio.wait_for(reader.readexactly(int(length.group(1))), 30))
+        assert int(head.split()[1]) == 200 and body["status_code"] == 1000, (head, body)
+    writer.close()
+    assert await refused(proc, "header_too_large") == 0
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    ({"RELAY_HTTP_HEADER_TIMEOUT": "0"}, "RELAY_HTTP_HEADER_TIMEOUT: must be a number of seconds above 0"),
+    ({"RELAY_HTTP_BODY_TIMEOUT": "-1"}, "RELAY_HTTP_BODY_TIMEOUT: must be a number of seconds above 0"),
+    ({"RELAY_HTTP_KEEPALIVE_TIMEOUT": "soon"}, "RELAY_HTTP_KEEPALIVE_TIMEOUT: expected an integer, got 'soon'"),
+    ({"RELAY_HTTP_MAX_HEADER_BYTES": "100"}, "RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024"),
+    ({"RELAY_HTTP_MAX_CONNECTIONS": "0"}, "RELAY_HTTP_MAX_CONNECTIONS: must be at least 1"),
+])
+def test_edge_limit_settings_are_checked(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert err.value.problems == [problem]
