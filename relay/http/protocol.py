@@ -4,7 +4,10 @@ uvicorn writes the status line and headers as soon as the app sends ``http.respo
 body on ``http.response.body``: two ``send`` system calls and, with TCP_NODELAY, two segments per
 answer, each waking the client. Every receiver answer is one small envelope, so the relay holds the
 header block until the body follows (or until the loop's next turn, whichever comes first) and
-writes both at once. Nothing else about the protocol changes.
+writes both at once.
+
+On top of that, ``EdgeLimitedHttpToolsProtocol`` (the one `relay serve` runs) adds the edge limits:
+header and body read timeouts, a header size limit and a connection cap.
 """
 
 from __future__ import annotations
