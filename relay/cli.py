@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-queue-timeout", type=float,
                    help="seconds a push waits for room in a full write queue before 503/3000 "
                         "(env RELAY_WRITE_QUEUE_TIMEOUT; default 5)")
+    p.add_argument("--http-header-timeout", type=float,
+                   help="seconds a client has to send a request's headers (env RELAY_HTTP_HEADER_TIMEOUT; default 10)")
+    p.add_argument("--http-body-timeout", type=float,
+                   help="seconds a client has to send a request's body (env RELAY_HTTP_BODY_TIMEOUT; default 30)")
+    p.add_argument("--http-keepalive-timeout", type=int,
+                   help="seconds an idle kept-alive connection stays open (env RELAY_HTTP_KEEPALIVE_TIMEOUT; default 75)")
+    p.add_argument("--http-max-header-bytes", type=int,
+                   help="largest request line + headers, 431 beyond (env RELAY_HTTP_MAX_HEADER_BYTES; default 16 KiB)")
+    p.add_argument("--http-max-connections", type=int,
+                   help="open receiver connections at most; more are closed at once (env RELAY_HTTP_MAX_CONNECTIONS; "
+                        "default 1000)")
 
     p = sub.add_parser("migrate", help="apply database migrations and exit", formatter_class=fmt)
     add_common_options(p)
@@ -152,7 +163,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             event_loop=args.event_loop, write_queue_max_bytes=args.write_queue_max_bytes,
             write_queue_timeout=args.write_queue_timeout, max_clock_skew=args.max_clock_skew,
             max_object_bytes=args.max_object_bytes,
-            grpc_max_streams_per_client=args.grpc_max_streams_per_client,
+            grpc_max_streams_per_client=args.grpc_max_streams_per_client, http_header_timeout=args.http_header_timeout,
+            http_body_timeout=args.http_body_timeout, http_keepalive_timeout=args.http_keepalive_timeout,
+            http_max_header_bytes=args.http_max_header_bytes, http_max_connections=args.http_max_connections,
         )
         setup_logging(settings.log_level)
         from relay.runtime import loop_factory, run, tune_gc

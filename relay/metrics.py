@@ -47,6 +47,10 @@ PULL_OBJECTS = Counter("relay_pull_objects", "Pulled objects by source and outco
 PULL_ONLY_CHANGES = Counter("relay_pull_only_changes",
                             "Changes found only by a pull (pushes that were lost upstream)", ["source", "module"],
                             registry=REGISTRY)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "relay_http_connections_refused", "Receiver connections cut at the edge (header_timeout, body_timeout, "
+    "header_too_large, connection_limit)", ["reason"], registry=REGISTRY,
+)
 
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}

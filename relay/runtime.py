@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 
 from relay.http.app import create_app
-from relay.http.protocol import CoalescingHttpToolsProtocol
+from relay.http.protocol import EdgeLimitedHttpToolsProtocol
 from relay.log import ports_logger
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
@@ -81,8 +81,12 @@ def http_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: R
 
     async def serve(stop: asyncio.Event) -> None:
         app = create_app(settings, store, holder)
+        protocol = EdgeLimitedHttpToolsProtocol.with_limits(
+            header_timeout=settings.http_header_timeout, body_timeout=settings.http_body_timeout,
+            max_header_bytes=settings.http_max_header_bytes, max_connections=settings.http_max_connections)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=10, server_header=False, http=CoalescingHttpToolsProtocol)
+                                timeout_graceful_shutdown=10, server_header=False, http=protocol,
+                                timeout_keep_alive=settings.http_keepalive_timeout)
         server = _Server(config)
         sock = bind(settings.http_host, settings.http_port)
         info.ports["http"] = sock.getsockname()[1]

@@ -87,6 +87,14 @@ class Settings:
     # and body (<= max_body_bytes) + object stay under the 4 MiB a default gRPC client accepts
     max_object_bytes: int = 2 * 1024 * 1024
     grpc_max_streams_per_client: int = 16
+    # receiver edge limits: seconds a client may take to send its headers, its body; idle keep-alive
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    # longer than common client pool idle times (60 s), so the client closes first: GreenFlux never
+    # retries a push that meets a connection the relay closed at the same moment
+    http_keepalive_timeout: int = 75
+    http_max_header_bytes: int = 16 * 1024
+    http_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -140,6 +148,13 @@ class Settings:
                             f"({self.max_body_bytes}): a PUT the receiver accepts could never be stored")
         if self.grpc_max_streams_per_client < 1:
             problems.append("RELAY_GRPC_MAX_STREAMS_PER_CLIENT: must be at least 1")
+        for name in ("http_header_timeout", "http_body_timeout", "http_keepalive_timeout"):
+            if not getattr(self, name) > 0:
+                problems.append(f"RELAY_{name.upper()}: must be a number of seconds above 0")
+        if self.http_max_header_bytes < 1024:
+            problems.append("RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024")
+        if self.http_max_connections < 1:
+            problems.append("RELAY_HTTP_MAX_CONNECTIONS: must be at least 1")
         if problems:
             raise ConfigError(problems)
 
