@@ -191,12 +191,18 @@ def _id_problem(v: str, maxlen: int) -> str | None:
 
 
 def segment_problem(value: object) -> str | None:
-    """Why ``value`` cannot be one URL path segment of an id (None when it can): the id rules
-    without a length bound. Used before anything is sent to a partner, so a stored or transformed
-    value can never point a request elsewhere."""
+    """Why ``value`` cannot be one percent-encoded URL path segment (None when it can): not a
+    string, empty, ``.`` or ``..``, or holding a control character. Checked before anything is sent
+    to a partner, so a stored or transformed value can never point a request elsewhere."""
     if not isinstance(value, str):
         return f"must be a string, not {_json_type(value)}"
-    return _id_problem(value, sys.maxsize)
+    if not value:
+        return "must not be empty"
+    if value in _DOT_SEGMENTS:
+        return f"must not be {value!r} (a dot segment changes the meaning of a URL)"
+    if not value.isprintable():
+        return "must not contain control characters"
+    return None
 
 
 def check_id(field: str, value: str, maxlen: int) -> None:
@@ -623,7 +629,7 @@ def check_path_ids(module: str, country_code: str | None, party_id: str | None, 
             continue
         if len(value) == size and (value.isalpha() if size == 2 else _ALNUM.issuperset(value)) and value.isascii():
             continue
-        problem = _id_problem(value, size) or (
+        problem: str = _id_problem(value, size) or (
             f"must be exactly {size} characters" if len(value) != size
             else "must be two ASCII letters (ISO 3166-1 alpha-2)" if size == 2
             else "must be three ASCII letters or digits"
@@ -634,9 +640,9 @@ def check_path_ids(module: str, country_code: str | None, party_id: str | None, 
     if len(ids) < minimum:
         raise OcpiError.invalid(segments[len(ids)][0], "is required in the path")
     for (field, size), value in zip(segments, ids, strict=False):
-        problem = _id_problem(value, size)
-        if problem is not None:
-            raise OcpiError.invalid(field, problem)
+        found = _id_problem(value, size)
+        if found is not None:
+            raise OcpiError.invalid(field, found)
 
 
 def validate_object(
