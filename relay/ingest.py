@@ -20,7 +20,7 @@ from relay import metrics
 from relay.errors import INVALID_PARAMS, SUCCESS, OcpiError, RowRefused
 from relay.ocpi import merge
 from relay.ocpi.paths import Address
-from relay.ocpi.validate import check_path_ids, format_datetime, parse_datetime, validate_object
+from relay.ocpi.validate import check_id, check_path_ids, format_datetime, parse_datetime, validate_object
 from relay.routing.config import RoutingConfig, Subscription, cpo_matches, format_cpo
 from relay.routing.rules import route
 from relay.settings import Settings
@@ -117,7 +117,7 @@ def _depth_ok(body: bytes, limit: int) -> bool:
 def _cpo_of_body(body: Mapping[str, Any]) -> tuple[str, str] | None:
     cc, party = body.get("country_code"), body.get("party_id")
     if isinstance(cc, str) and isinstance(party, str) and len(cc) == 2 and len(party) == 3:
-        return cc, party
+        return cc.upper(), party.upper()
     return None
 
 
@@ -253,8 +253,7 @@ class Ingestor:
             v = body.get(k)
             if isinstance(v, str | int) and not isinstance(v, bool) and str(v):
                 value = str(v)
-                if len(value) > 64:
-                    raise OcpiError.invalid(k, f"longer than 64 characters ({len(value)})")
+                check_id(k, value, 64)  # it becomes the stored object id and a forwarded path segment
                 return value
         if addr.module == "cdrs":
             raise OcpiError.invalid("id", "missing required field")

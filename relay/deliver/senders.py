@@ -23,12 +23,14 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from relay import __version__
 from relay.deliver.backoff import Outcome, Permanent, classify, from_error
 from relay.errors import DeliveryError
+from relay.ocpi.validate import segment_problem
 from relay.routing.config import Rule, Target
-from relay.routing.transforms import apply_transforms
+from relay.routing.transforms import apply_transforms, coarsen_time, time_unit, transform_value
 from relay.settings import Secret
 from relay.store.base import EventRecord
 
@@ -90,30 +92,38 @@ def webhook_body(event: EventRecord, rule: Rule, target: Target) -> bytes:
     sixth of a delivery's CPU."""
     transformed = bool(rule.transform)
     obj: Any
+    timestamp = _iso(event.received_at)
+    cc: Any = event.country_code
+    party: Any = event.party_id
     if transformed:
-        obj = _loads(event.object, "object")
-        if isinstance(obj, Mapping):
-            obj = apply_transforms(rule.transform, obj, target.name)
-    else:
-        obj = orjson.Fragment(event.object) if event.object is not None else None
-    if transformed:
-        # What a transform removed must not come back through the envelope.
+        raw = _loads(event.object, "object")
+        obj = apply_transforms(rule.transform, raw, target.name) if isinstance(raw, Mapping) else raw
+        # What a transform removed must not come back through the envelope: the ids come from the
+        # transformed object, EVSE and connector are left out, 2.2 party fields follow the object,
+        # and the receive time is coarsened as far as the rule coarsens times.
         view = obj if isinstance(obj, Mapping) else {}
         object_id = view.get("id") if isinstance(view.get("id"), str | int) else None
         last_updated = view.get("last_updated") if isinstance(view.get("last_updated"), str) else None
         evse_uid = connector_id = None
+        if isinstance(raw, Mapping):
+            cc = view.get("country_code") if "country_code" in raw else cc
+            party = view.get("party_id") if "party_id" in raw else party
+        unit = time_unit(rule.transform)
+        if unit is not None:
+            timestamp = coarsen_time(timestamp, unit)
     else:
+        obj = orjson.Fragment(event.object) if event.object is not None else None
         object_id, last_updated = event.object_id, _iso(event.last_updated)
         evse_uid, connector_id = event.evse_uid, event.connector_id
     envelope = {
         "type": f"{event.module}.{event.action}",
-        "timestamp": _iso(event.received_at),
+        "timestamp": timestamp,
         "data": {
             "seq": event.seq,
             "module": event.module,
             "action": event.action,
-            "country_code": event.country_code,
-            "party_id": event.party_id,
+            "country_code": cc,
+            "party_id": party,
             "id": object_id,
             "evse_uid": evse_uid,
             "connector_id": connector_id,
@@ -161,44 +171,89 @@ def webhook_request(delivery_id: int, event: EventRecord, rule: Rule, target: Ta
 
 def ocpi_body(event: EventRecord, rule: Rule, target: Target) -> bytes | None:
     """The body as received; transformed (parsed, transformed, re-serialised) when the rule says so."""
+    sent = _ocpi_object(event, rule, target)
+    if sent is None:
+        return None
+    return event.body.encode() if not rule.transform else orjson.dumps(sent)
+
+
+def _ocpi_object(event: EventRecord, rule: Rule, target: Target) -> Mapping[str, Any] | None:
     if event.action == "delete" or not event.body:
         return None
-    if not rule.transform:
-        return event.body.encode()
     obj = _loads(event.body, "body")
     if not isinstance(obj, Mapping):
-        raise RenderError("the stored body is not a JSON object, so the rule's transforms cannot apply")
-    return orjson.dumps(apply_transforms(rule.transform, obj, target.name))
+        if rule.transform:
+            raise RenderError("the stored body is not a JSON object, so the rule's transforms cannot apply")
+        return {}
+    return apply_transforms(rule.transform, obj, target.name) if rule.transform else obj
 
 
-def ocpi_path(event: EventRecord, body: bytes | None, transformed: bool) -> str:
-    """The receiver path the push came in on, rebuilt from the event (relative to the target url)."""
-    seg = [quote(s, safe="") for s in (event.country_code, event.party_id)]
+# Where each id of a mirrored path sits in the object of its own level and in the location (the
+# rule's field paths name it there): the path segment is the id as the rule leaves it there.
+_ID_FIELDS = {
+    "object": ("id",),
+    "evse": ("uid", "evses.*.uid"),
+    "connector": ("id", "evses.*.connectors.*.id"),
+}
+
+
+def _segment(rule: Rule, target: Target, name: str, value: str, fields: tuple[str, ...]) -> str:
+    if rule.transform:
+        value = transform_value(rule.transform, fields, value, target.name)
+    problem = segment_problem(value)
+    if problem is not None:
+        removed = " (the rule removes or rewrites it)" if rule.transform else ""
+        raise RenderError(f"no safe path for {name}: it {problem}{removed}; nothing was sent")
+    return quote(value, safe="")
+
+
+def ocpi_path(event: EventRecord, rule: Rule, target: Target) -> str:
+    """The receiver path the push came in on, rebuilt from the event (relative to the target url).
+
+    Every id segment is the id as the rule leaves it (pseudonymised where the rule pseudonymises
+    its field); one the rule removes, or that is not a safe path segment, is a RenderError.
+    """
+    cpo = [_segment(rule, target, n, v, ()) for n, v in (("country_code", event.country_code),
+                                                           ("party_id", event.party_id))]
     if event.module in ("locations", "sessions", "tariffs"):
-        object_id = event.object_id
-        if transformed and body is not None and event.evse_uid is None:
-            # a transform that rewrote the id (pseudonymised it) also rewrites it in the path
-            sent = orjson.loads(body).get("id")
-            object_id = sent if isinstance(sent, str) and sent else object_id
-        parts = [event.module, *seg, quote(object_id, safe="")]
-        if event.module == "locations":
-            parts += [quote(p, safe="") for p in (event.evse_uid, event.connector_id) if p is not None]
+        parts = [event.module, *cpo, _segment(rule, target, f"{event.module[:-1]} id", event.object_id,
+                                              _ID_FIELDS["object"])]
+        if event.module == "locations" and event.evse_uid is not None:
+            parts.append(_segment(rule, target, "evse_uid", event.evse_uid, _ID_FIELDS["evse"]))
+            if event.connector_id is not None:
+                parts.append(_segment(rule, target, "connector_id", event.connector_id, _ID_FIELDS["connector"]))
         return "/" + "/".join(parts)
     if event.module == "cdrs":
         return "/cdrs"
     if event.module == "chargestationnotifications" and not event.object_id.startswith(_SYNTHETIC_ID):
-        return "/ChargeStationNotifications/" + quote(event.object_id, safe="")
+        raw = _loads(event.body, "body") if event.body else None
+        field = "charge_station_notification_id"
+        if not (isinstance(raw, Mapping) and str(raw.get(field)) == event.object_id) and isinstance(raw, Mapping) \
+                and str(raw.get("id")) == event.object_id:
+            field = "id"
+        return "/ChargeStationNotifications/" + _segment(rule, target, "notification id", event.object_id, (field,))
     return "/notifications"
+
+
+def below(url: str, base: str) -> bool:
+    """Whether ``url``, as the HTTP client will send it (dot segments resolved), lies below ``base``."""
+    sent, root = URL(url), URL(base)
+    prefix = root.path.rstrip("/") + "/"
+    return (sent.scheme, sent.host, sent.port) == (root.scheme, root.host, root.port) and \
+        sent.path.startswith(prefix) and sent.path != prefix and not sent.query_string and not sent.fragment
 
 
 def ocpi_request(event: EventRecord, rule: Rule, target: Target) -> Request:
     """The mirrored push with the partner's ``Authorization: Token``."""
     if target.token is None:
         raise RenderError(f"ocpi target {target.name} has no token")
-    body = ocpi_body(event, rule, target)
+    sent = _ocpi_object(event, rule, target)
+    body = None if sent is None else event.body.encode() if not rule.transform else orjson.dumps(sent)
+    url = target.url + ocpi_path(event, rule, target)
+    if not below(url, target.url):
+        raise RenderError(f"the mirrored url would leave the target's base url ({target.url}); nothing was sent")
     headers = _base_headers(target)
     headers["Authorization"] = f"Token {target.token.reveal()}"
-    url = target.url + ocpi_path(event, body, bool(rule.transform))
     return Request(event.action.upper(), url, headers, body)
 
 

@@ -35,9 +35,10 @@ class _Disconnected(Exception):
 
 
 def push_address(method: str, path: str) -> Address | None:
-    """The address of a push the router would route to the receiver endpoint; None for anything
-    else (including paths with empty segments, which the router redirects or refuses itself)."""
-    if method not in PUSH_METHODS or not path.startswith("/") or path.endswith("/") or "//" in path:
+    """The address of a push to the receiver; None for anything else. A path with an empty segment
+    (``/locations/NL/GFX/``) is a push here, so its empty id is refused by name (400/2001) rather
+    than redirected or answered 404 by the router."""
+    if method not in PUSH_METHODS or not path.startswith("/"):
         return None
     try:
         return resolve(method, path)

@@ -1,7 +1,8 @@
 """Receiver paths: which module, level and ids a (method, path) addresses.
 
 The HTTP app routes with Starlette; `relay rejected replay` has only the stored method and path,
-so both go through ``resolve`` to reach the same ``Address``.
+so both go through ``resolve`` to reach the same ``Address``. An ``Address`` holds its country code
+and party id in upper case however it was built (push, pull, replay): ``nl/gfx`` is ``NL/GFX``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ class Address:
     evse_uid: str | None = None
     connector_id: str | None = None
 
+    def __post_init__(self) -> None:
+        # One spelling of a CPO everywhere (state, stream, forwarded paths): OCPI codes are upper case.
+        cc, party = self.country_code, self.party_id
+        if cc is not None and not cc.isupper():
+            object.__setattr__(self, "country_code", cc.upper())
+        if party is not None and not party.isupper():
+            object.__setattr__(self, "party_id", party.upper())
+
     def id_names(self) -> list[tuple[str, str]]:
         """(segment name, value) of the ids in the path, for error messages and checks."""
         out: list[tuple[str, str]] = []
@@ -53,13 +62,44 @@ class Address:
         return out
 
 
+# The name of the n-th segment after the module prefix, for refusals that name it.
+_SEGMENTS = {
+    "locations": ("country_code", "party_id", "location_id", "evse_uid", "connector_id"),
+    "sessions": ("country_code", "party_id", "session_id"),
+    "tariffs": ("country_code", "party_id", "tariff_id"),
+    "cdrs": ("cdr_id",),
+    "chargestationnotifications": ("notification_id",),
+    "notifications": ("notification_id",),
+}
+
+
+def _unprintable(module: str, rest: list[str]) -> OcpiError:
+    """The refusal of a path with a control (or other unprintable) character, naming its segment."""
+    names = _SEGMENTS[module]
+    for i, seg in enumerate(rest):
+        bad = next((c for c in seg if not c.isprintable()), None)
+        if bad is not None:
+            name = names[i] if i < len(names) else "path"
+            return OcpiError.invalid(name, f"must not contain control characters (U+{ord(bad):04X})")
+    return OcpiError.invalid("path", "must not contain control characters")
+
+
 def resolve(method: str, path: str) -> Address:
-    """Address of ``path`` (relative to the base path); OcpiError 404/405 when there is none."""
-    parts = path.strip("/").split("/") if path.strip("/") else []
+    """Address of ``path`` (relative to the base path); OcpiError 404/405 when there is none.
+
+    Empty segments are kept (``/locations/NL/GFX/`` has an empty ``location_id``, which the id checks
+    refuse by name); a control character anywhere is refused here, naming its segment, so such a path
+    is never stored, not even as a refusal (PostgreSQL text cannot hold NUL).
+    """
+    parts = path[1:].split("/") if path.startswith("/") else path.split("/")
     if not parts or parts[0] not in PREFIXES:
         raise OcpiError.not_found(f"no OCPI endpoint at {path[:200]}")
     module = PREFIXES[parts[0]]
     rest = parts[1:]
+    if rest == [""] and module in ("cdrs", "chargestationnotifications", "notifications"):
+        rest = []  # /cdrs/ is /cdrs
+    if not path.isprintable():
+        raise _unprintable(module, rest)
     addr: Address | None = None
     if module == "locations" and 3 <= len(rest) <= 5:
         level = ("location", "evse", "connector")[len(rest) - 3]

@@ -18,7 +18,9 @@ from typing import Any
 from relay.errors import OcpiError
 from relay.ocpi import schema
 
-__all__ = ["MODULES", "check_path_ids", "format_datetime", "parse_datetime", "validate_object"]
+__all__ = [
+    "MODULES", "check_id", "check_path_ids", "format_datetime", "parse_datetime", "segment_problem", "validate_object",
+]
 
 MODULES = ("locations", "sessions", "cdrs", "tariffs", "chargestationnotifications", "notifications")
 
@@ -32,14 +34,16 @@ _PATH_IDS: dict[str, tuple[tuple[tuple[str, int], ...], int, bool]] = {
     "sessions": ((("session_id", 36),), 1, True),
     "tariffs": ((("tariff_id", 36),), 1, True),
     "cdrs": ((("cdr_id", 36),), 0, False),
-    # GreenFlux notification ids are digits or GUIDs; no OCPI length exists, so only a sanity bound.
-    "chargestationnotifications": ((("notification_id", 255),), 0, False),
-    "notifications": ((("notification_id", 255),), 0, False),
+    # GreenFlux notification ids are digits or GUIDs; no OCPI length exists: the store's id column (64).
+    "chargestationnotifications": ((("notification_id", 64),), 0, False),
+    "notifications": ((("notification_id", 64),), 0, False),
 }
 
 # Refused in path-like ids besides whitespace and control characters: they change a URL's meaning.
 _ID_FORBIDDEN = frozenset(" /?#%")
 _ID_CHARSET = "must be printable ASCII without whitespace, '/', '?', '#' or '%'"
+_DOT_SEGMENTS = frozenset({".", ".."})
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _DIGITS = "0123456789"
 # Every valid HH:MM: a set lookup is the cheapest exact check on the hot path.
 _HHMM = frozenset(f"{h:02d}:{m:02d}" for h in range(24) for m in range(60))
@@ -177,8 +181,36 @@ def _id_problem(v: str, maxlen: int) -> str | None:
     if n > maxlen:
         return f"is {n} characters long, at most {maxlen} allowed"
     if not (v.isascii() and v.isprintable()) or not _ID_FORBIDDEN.isdisjoint(v):
+        bad = next((c for c in v if c < " " or "\x7f" <= c <= "\x9f"), None)
+        if bad is not None:
+            return f"must not contain control characters (U+{ord(bad):04X})"
         return _ID_CHARSET
+    if n <= 2 and v in _DOT_SEGMENTS:
+        return f"must not be {v!r} (a dot segment changes the meaning of a URL)"
     return None
+
+
+def segment_problem(value: object) -> str | None:
+    """Why ``value`` cannot be one percent-encoded URL path segment (None when it can): not a
+    string, empty, ``.`` or ``..``, or holding a control character. Checked before anything is sent
+    to a partner, so a stored or transformed value can never point a request elsewhere."""
+    if not isinstance(value, str):
+        return f"must be a string, not {_json_type(value)}"
+    if not value:
+        return "must not be empty"
+    if value in _DOT_SEGMENTS:
+        return f"must not be {value!r} (a dot segment changes the meaning of a URL)"
+    if not value.isprintable():
+        return "must not contain control characters"
+    return None
+
+
+def check_id(field: str, value: str, maxlen: int) -> None:
+    """``OcpiError.invalid(field, ...)`` unless ``value`` is a safe id of at most ``maxlen``
+    characters (body ids that become stored object ids, such as a notification's)."""
+    problem = _id_problem(value, maxlen)
+    if problem is not None:
+        raise OcpiError.invalid(field, problem)
 
 
 def _c_id(v: Any, maxlen: int, strict: bool) -> Any:
@@ -580,8 +612,9 @@ _SPECS = _compile()
 
 
 def check_path_ids(module: str, country_code: str | None, party_id: str | None, ids: list[str]) -> None:
-    """Check the URL segments of a push: ``country_code`` 2 and ``party_id`` 3 characters, ids within
-    their OCPI lengths, non-empty, printable ASCII without whitespace, ``/ ? # %``.
+    """Check the URL segments of a push: ``country_code`` two ASCII letters and ``party_id`` three
+    ASCII letters or digits (OCPI 2.1.1), ids within their OCPI lengths, non-empty, not ``.`` or
+    ``..``, printable ASCII without control characters, whitespace, ``/ ? # %``.
 
     Raises ``OcpiError.invalid`` naming the segment, or ``OcpiError.not_found`` for extra segments.
     """
@@ -594,19 +627,22 @@ def check_path_ids(module: str, country_code: str | None, party_id: str | None, 
             if needs_party:
                 raise OcpiError.invalid(field, "is required in the path")
             continue
-        problem = _id_problem(value, size)
-        if problem is None and len(value) != size:
-            problem = f"must be exactly {size} characters"
-        if problem is not None:
-            raise OcpiError.invalid(field, problem)
+        if len(value) == size and (value.isalpha() if size == 2 else _ALNUM.issuperset(value)) and value.isascii():
+            continue
+        problem: str = _id_problem(value, size) or (
+            f"must be exactly {size} characters" if len(value) != size
+            else "must be two ASCII letters (ISO 3166-1 alpha-2)" if size == 2
+            else "must be three ASCII letters or digits"
+        )
+        raise OcpiError.invalid(field, problem)
     if len(ids) > len(segments):
         raise OcpiError.not_found(f"unknown path: too many segments for {module}")
     if len(ids) < minimum:
         raise OcpiError.invalid(segments[len(ids)][0], "is required in the path")
     for (field, size), value in zip(segments, ids, strict=False):
-        problem = _id_problem(value, size)
-        if problem is not None:
-            raise OcpiError.invalid(field, problem)
+        found = _id_problem(value, size)
+        if found is not None:
+            raise OcpiError.invalid(field, found)
 
 
 def validate_object(

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from relay.routing.config import Transform, split_path
+from relay.routing.config import TIME_UNITS, Transform, split_path
 
 _NOTHING = object()  # _keep's answer when no kept path reaches a value
 
@@ -39,6 +39,36 @@ def apply_transforms(transforms: tuple[Transform, ...], obj: Mapping[str, Any], 
             for parts in paths:
                 _update(result, parts, fn)
     return result
+
+
+def transform_value(transforms: tuple[Transform, ...], field_paths: tuple[str, ...], value: Any,
+                    target_name: str) -> Any:
+    """``value`` as the rule leaves it where it sits at each of ``field_paths`` (``evses.*.uid``);
+    None when any of them removes it or two of them disagree.
+
+    Used for values that travel outside the object, such as the ids in a mirrored path: each is put
+    alone at its field path, the whole rule runs over that, and what comes out is read back. A value
+    that a path changes (pseudonymises) is taken in its changed form, so the most private reading wins.
+    """
+    changed: list[Any] = []
+    for path in field_paths:
+        holder: Any = value
+        for part in reversed(split_path(path)):
+            holder = [holder] if part == "*" else {part: holder}
+        found = values_at(apply_transforms(transforms, holder, target_name), path)
+        if len(found) != 1 or found[0] is None:
+            return None
+        if found[0] != value:
+            changed.append(found[0])
+    if not changed:
+        return value
+    return changed[0] if all(c == changed[0] for c in changed) else None
+
+
+def time_unit(transforms: tuple[Transform, ...]) -> str | None:
+    """The coarsest unit the rule coarsens times to (``minute`` < ``hour`` < ``day``), None if it does not."""
+    units = [t.unit or "hour" for t in transforms if t.kind == "coarsen_time"]
+    return max(units, key=TIME_UNITS.index) if units else None
 
 
 def values_at(obj: Any, path: str) -> list[Any]:

@@ -210,7 +210,7 @@ def test_ocpi_request_mirrors_method_and_path_with_the_partner_token() -> None:
     ],
 )
 def test_ocpi_path_per_module(fields: dict[str, Any], expected: str) -> None:
-    assert ocpi_path(_event(**fields), None, False) == expected
+    assert ocpi_path(_event(**fields), _rule(), _target("ocpi")) == expected
 
 
 def test_ocpi_delete_has_no_body() -> None:

@@ -792,3 +792,34 @@ def test_notification_body_is_returned_as_a_copy_without_field_checks() -> None:
     out = validate_object("notifications", "notification", "PUT", body, {})
     assert out == body
     assert out is not body
+
+
+@pytest.mark.parametrize(
+    ("module", "cc", "party", "ids", "field"),
+    [
+        ("locations", "NL", "GFX", ["."], "location_id"),
+        ("locations", "NL", "GFX", [".."], "location_id"),
+        ("locations", "NL", "GFX", [LOC_ID, ".."], "evse_uid"),
+        ("locations", "NL", "GFX", [LOC_ID, "E1", "."], "connector_id"),
+        ("locations", "..", "GFX", [LOC_ID], "country_code"),
+        ("locations", "N1", "GFX", [LOC_ID], "country_code"),
+        ("locations", "NL", "...", [LOC_ID], "party_id"),
+        ("locations", "NL", "G-X", [LOC_ID], "party_id"),
+        ("sessions", "NL", "GFX", ["a\x7fb"], "session_id"),
+        ("sessions", "NL", "GFX", ["a\x85b"], "session_id"),
+        ("notifications", None, None, ["n" * 65], "notification_id"),
+        ("chargestationnotifications", None, None, [".."], "notification_id"),
+    ],
+)
+def test_dot_segments_control_characters_and_bad_cpo_codes_are_refused(
+    module: str, cc: str | None, party: str | None, ids: list[str], field: str
+) -> None:
+    with pytest.raises(OcpiError) as info:
+        check_path_ids(module, cc, party, ids)
+    assert (info.value.http_status, info.value.status_code) == (400, INVALID_PARAMS)
+    assert field_of(info.value) == field, info.value.message
+
+
+def test_ids_with_dots_inside_and_digit_parties_are_fine() -> None:
+    check_path_ids("locations", "NL", "G42", ["a.b", "...x", "1"])
+    check_path_ids("chargestationnotifications", None, None, ["n" * 64])
