@@ -15,6 +15,7 @@ from relay.http.envelope import envelope
 from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.merge import match_evse
 from relay.ocpi.paths import Address, resolve
+from relay.ocpi.validate import check_path_ids
 from relay.routing.config import RoutingConfig, Subscription, cpo_matches
 from relay.store.base import StateKey, Store
 
@@ -83,6 +84,8 @@ class Receiver:
     async def _get(self, addr: Address, src: Source) -> Response:
         if addr.module not in src.modules:
             raise OcpiError.forbidden(f"module {addr.module} is not allowed for subscription {src.name}")
+        # the same id rules as a push (400 / 2001 naming the segment), before any id reaches a query
+        check_path_ids(addr.module, addr.country_code, addr.party_id, [v for _, v in addr.id_names()])
         if addr.module == "cdrs":
             found = [s for s in await self.store.find_states("cdrs", addr.object_id or "", case_insensitive=True)
                      if cpo_matches(src.cpos, s.key.country_code, s.key.party_id)]

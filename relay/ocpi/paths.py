@@ -62,34 +62,13 @@ class Address:
         return out
 
 
-# The name of the n-th segment after the module prefix, for refusals that name it.
-_SEGMENTS = {
-    "locations": ("country_code", "party_id", "location_id", "evse_uid", "connector_id"),
-    "sessions": ("country_code", "party_id", "session_id"),
-    "tariffs": ("country_code", "party_id", "tariff_id"),
-    "cdrs": ("cdr_id",),
-    "chargestationnotifications": ("notification_id",),
-    "notifications": ("notification_id",),
-}
-
-
-def _unprintable(module: str, rest: list[str]) -> OcpiError:
-    """The refusal of a path with a control (or other unprintable) character, naming its segment."""
-    names = _SEGMENTS[module]
-    for i, seg in enumerate(rest):
-        bad = next((c for c in seg if not c.isprintable()), None)
-        if bad is not None:
-            name = names[i] if i < len(names) else "path"
-            return OcpiError.invalid(name, f"must not contain control characters (U+{ord(bad):04X})")
-    return OcpiError.invalid("path", "must not contain control characters")
-
-
 def resolve(method: str, path: str) -> Address:
     """Address of ``path`` (relative to the base path); OcpiError 404/405 when there is none.
 
     Empty segments are kept (``/locations/NL/GFX/`` has an empty ``location_id``, which the id checks
-    refuse by name); a control character anywhere is refused here, naming its segment, so such a path
-    is never stored, not even as a refusal (PostgreSQL text cannot hold NUL).
+    refuse by name). Control characters are left to those checks too (``check_path_ids``, after the
+    token is known): an authenticated push with one is refused 400 / 2001 naming its segment and kept
+    in ``rejected`` with the characters escaped as ``%XX``.
     """
     parts = path[1:].split("/") if path.startswith("/") else path.split("/")
     if not parts or parts[0] not in PREFIXES:
@@ -98,8 +77,6 @@ def resolve(method: str, path: str) -> Address:
     rest = parts[1:]
     if rest == [""] and module in ("cdrs", "chargestationnotifications", "notifications"):
         rest = []  # /cdrs/ is /cdrs
-    if not path.isprintable():
-        raise _unprintable(module, rest)
     addr: Address | None = None
     if module == "locations" and 3 <= len(rest) <= 5:
         level = ("location", "evse", "connector")[len(rest) - 3]

@@ -7,7 +7,11 @@ escaped, so a hostile sender or partner cannot recolour, clear or retitle the op
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
 from relay.settings import Settings
+from relay.store.base import NewRejected, Plan, StateKey, StoredState
 from relay.store.outbox import Outbox
 from tests.conftest import RelayHandle, eventually
 from tests.deliver.conftest import PartnerSink, Received, Reply, ocpi_envelope, put_session, run_cli
@@ -38,6 +42,10 @@ async def test_rejected_and_dead_tables_escape_control_characters(
 
     await eventually(dead, timeout=20)
     (letter,) = await Outbox(relay.store).list_dead()
+    # the relay keeps a refused path's control characters as %XX ...
+    assert any("%1B" in r.path and "\x1b" not in r.path for r in await relay.store.list_rejected(10))
+    # ... but a record kept by an older version holds them raw: the tables must escape those too
+    await relay.store.submit(_RawRejected())
     rejected = await relay.store.list_rejected(10)
     # the hostile bytes really are in the database, or this test proves nothing
     assert letter.last_error is not None and "\x1b" in letter.last_error, letter.last_error
@@ -52,3 +60,16 @@ async def test_rejected_and_dead_tables_escape_control_characters(
         assert not _raw_controls(out + err), (args, out)
     _, out, _ = await run_cli("dead", "list", settings=settings)
     assert "\\x1b[2J" in out  # shown, escaped: the operator still sees what the partner sent
+
+
+class _RawRejected:
+    """A rejected record as a relay before the %XX escaping stored it: ESC sequences in path and reason."""
+
+    reads: tuple[StateKey, ...] = ()
+
+    def plan(self, states: Mapping[StateKey, StoredState | None]) -> Plan:
+        return Plan(rejected=NewRejected(
+            received_at=datetime.now(UTC), subscription="greenflux", origin="push", method="PUT",
+            path=f"/locations/NL/GFX/{HOSTILE}", module="locations", http_status=400, status_code=2001,
+            reason=f"location_id: {HOSTILE}", body=b"{}", request_id=None))
+

@@ -33,6 +33,7 @@ ENV = {
     "RELAY_PARTNER_TOKEN": "partner-token-3e8b",
     "RELAY_PSEUDO_KEY": "pseudo-key-a9f0c6",
     "RELAY_TOKEN_GREENFLUX_PULL": "pull-token-b4d2",
+    "RELAY_RESEARCH_API_KEY": "research-api-key-5c1d",
 }
 
 VALID = """\

@@ -213,6 +213,7 @@ RESEARCH_ENV = {
     "RELAY_PARTNER_TOKEN": "partner-token",
     "RELAY_PSEUDO_KEY": "pseudo-key-for-research",
     "RELAY_TOKEN_GREENFLUX_PULL": "pull-token",
+    "RELAY_RESEARCH_API_KEY": "research-api-key-5c1d",
 }
 
 
