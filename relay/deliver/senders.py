@@ -29,7 +29,7 @@ from relay import __version__
 from relay.deliver.backoff import Outcome, Permanent, classify, from_error
 from relay.errors import DeliveryError
 from relay.ocpi.validate import segment_problem
-from relay.routing.config import Rule, Target
+from relay.routing.model import Rule, Target
 from relay.routing.transforms import apply_transforms, coarsen_time, time_unit, transform_value
 from relay.settings import Secret
 from relay.store.base import EventRecord

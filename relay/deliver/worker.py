@@ -45,7 +45,7 @@ from relay.deliver.backoff import (
     settle,
 )
 from relay.errors import StoreError
-from relay.routing.config import RoutingConfig, Rule, Target
+from relay.routing.model import RoutingConfig, Rule, Target
 from relay.store.base import EventRecord
 from relay.store.outbox import ClaimedDelivery, Outbox, OutcomeWrite
 from relay.store.sql import SqlStore

@@ -15,7 +15,7 @@ from relay.http.envelope import envelope
 from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.merge import match_evse
 from relay.ocpi.paths import Address, resolve
-from relay.routing.config import RoutingConfig, Subscription, cpo_matches
+from relay.routing.model import RoutingConfig, Subscription, cpo_matches
 from relay.store.base import StateKey, Store
 
 

@@ -19,10 +19,9 @@ from relay.errors import OcpiError
 from relay.ocpi import schema
 
 __all__ = [
-    "MODULES", "check_id", "check_path_ids", "format_datetime", "parse_datetime", "segment_problem", "validate_object",
+    "check_id", "check_path_ids", "format_datetime", "parse_datetime", "segment_problem", "validate_object",
 ]
 
-MODULES = ("locations", "sessions", "cdrs", "tariffs", "chargestationnotifications", "notifications")
 
 # Modules whose bodies have no published schema: stored as received (DESIGN "Inbound HTTP").
 _UNTYPED_MODULES = frozenset({"chargestationnotifications", "notifications"})

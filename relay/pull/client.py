@@ -24,7 +24,7 @@ import orjson
 from yarl import URL
 
 from relay.errors import RelayError
-from relay.routing.config import PullSource
+from relay.routing.model import PullSource
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from relay.errors import StoreError
 from relay.ingest import Ingestor
 from relay.pull.client import RetryPolicy
 from relay.pull.sync import ResumePoint, pull_source
-from relay.routing.config import PullSource, RoutingConfig
 from relay.routing.holder import ConfigHolder
+from relay.routing.model import PullSource, RoutingConfig
 from relay.settings import Settings
 from relay.store import SqlStore
 from relay.store.positions import get_positions

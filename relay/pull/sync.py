@@ -36,7 +36,7 @@ from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.paths import Address
 from relay.ocpi.validate import parse_datetime
 from relay.pull.client import Page, PullAuthError, PullError, PullLimits, RetryPolicy, SenderClient, safe_url
-from relay.routing.config import CpoPattern, PullSource
+from relay.routing.model import CpoPattern, PullSource
 from relay.store import SqlStore
 from relay.store.positions import PullPosition, existing_ids, get_positions, rejected_hashes, set_position
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from relay.routing.config import TIME_UNITS, Transform, split_path
+from relay.routing.model import TIME_UNITS, Transform, split_path
 
 _NOTHING = object()  # _keep's answer when no kept path reaches a value
 

@@ -24,7 +24,7 @@ from relay.deliver.backoff import (
     settle,
 )
 from relay.deliver.senders import ocpi_path, ocpi_request, signature, webhook_body, webhook_request
-from relay.routing.config import Match, Rule, Target, Transform
+from relay.routing.model import Match, Rule, Target, Transform
 from relay.settings import Secret
 from relay.store.base import EventRecord
 from tests.deliver.conftest import HOOK_SECRET
