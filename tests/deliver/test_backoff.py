@@ -19,11 +19,11 @@ from relay.deliver.backoff import (
     classify,
     limit_retry_after,
     next_delay,
-    parse_retry_after,
     retry_delay,
     settle,
 )
 from relay.deliver.senders import ocpi_path, ocpi_request, signature, webhook_body, webhook_request
+from relay.ocpi.times import parse_retry_after
 from relay.routing.model import Match, Rule, Target, Transform
 from relay.settings import Secret
 from relay.store.base import EventRecord
