@@ -53,6 +53,9 @@ async def run_schedule(
     only: str | None = None, retry: RetryPolicy | None = None,
 ) -> None:
     """Run every pull source (or only the one called ``only``) on its interval until ``stop``."""
+    # One task per source, owned here rather than by a TaskGroup: a reload cancels one source's task
+    # alone, and a crashed one is logged and started again instead of ending every source; the finally
+    # below always cancels and awaits them all.
     loops: dict[str, asyncio.Task[None]] = {}
     try:
         while not stop.is_set():
