@@ -111,7 +111,7 @@ class _NoMetric:
 
 def relay_app(config_path: Path, *, fast: bool = True) -> Any:
     from relay.http.app import create_app
-    from relay.routing.config import load_config
+    from relay.routing.loader import load_config
     from relay.settings import Settings
 
     cfg = load_config(config_path, {"BENCH_PUSH_TOKEN": PUSH_TOKEN, "BENCH_STREAM_TOKEN": "x"})

@@ -39,7 +39,7 @@ def build_ops(config_path: Path, prefix: str, n: int) -> list[Any]:
     from relay.ingest import Ingestor, Push, Source, _PushOp
     from relay.ocpi.paths import resolve
     from relay.ocpi.validate import parse_datetime, validate_object
-    from relay.routing.config import load_config
+    from relay.routing.loader import load_config
     from relay.store.base import StateKey
 
     cfg = load_config(config_path, {"BENCH_PUSH_TOKEN": PUSH_TOKEN, "BENCH_STREAM_TOKEN": "x",

@@ -15,9 +15,10 @@ import orjson
 from relay.errors import ConfigError, OcpiError
 from relay.ingest import Ingestor, Push, Source
 from relay.ocpi.paths import resolve
-from relay.routing.config import check_config as _check
-from relay.routing.config import describe, load_config
+from relay.routing.describe import describe
 from relay.routing.holder import ConfigHolder
+from relay.routing.loader import check_config as _check
+from relay.routing.loader import load_config
 from relay.settings import Settings
 from relay.store import SqlStore, open_store
 

@@ -20,8 +20,9 @@ from relay import metrics
 from relay.errors import INVALID_PARAMS, SUCCESS, OcpiError, RowRefused
 from relay.ocpi import merge
 from relay.ocpi.paths import Address
-from relay.ocpi.validate import check_id, check_path_ids, format_datetime, parse_datetime, validate_object
-from relay.routing.config import RoutingConfig, Subscription, cpo_matches, format_cpo
+from relay.ocpi.times import format_datetime
+from relay.ocpi.validate import check_id, check_path_ids, parse_datetime, validate_object
+from relay.routing.model import RoutingConfig, Subscription, cpo_matches, format_cpo
 from relay.routing.rules import route
 from relay.settings import Settings
 from relay.store.base import (

@@ -15,16 +15,15 @@ Delays are exponential with full jitter: uniform(0, min(retry_max, retry_base * 
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 
 import orjson
 
 from relay.errors import DeliveryError
+from relay.ocpi.times import parse_retry_after
 
 # Consecutive retryable failures that open the breaker, and the ceiling of its open interval.
 BREAKER_THRESHOLD = 5
@@ -144,26 +143,6 @@ def retry_delay(attempts: int, base: float, cap: float,
     """Full jitter: uniform(0, min(cap, base * 2**attempts)); ``attempts`` = failures before this one."""
     ceiling = cap if attempts >= 64 else min(cap, base * (2 ** attempts))
     return uniform(0.0, ceiling)
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP-date; None if absent or bad."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def limit_retry_after(seconds: float, base: float, cap: float) -> float:
@@ -303,5 +282,5 @@ class TokenBucket:
 
 __all__ = [
     "CircuitBreaker", "Deferred", "Delivered", "Outcome", "Permanent", "Retryable", "Settlement", "TokenBucket",
-    "classify", "from_error", "limit_retry_after", "next_delay", "parse_retry_after", "retry_delay", "settle",
+    "classify", "from_error", "limit_retry_after", "next_delay", "retry_delay", "settle",
 ]

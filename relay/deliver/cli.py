@@ -17,7 +17,8 @@ import orjson
 from relay.cli import add_common_options, settings_from_args
 from relay.commands import json_text, opened, printable
 from relay.log import setup_logging
-from relay.routing.config import RoutingConfig, load_config
+from relay.routing.loader import load_config
+from relay.routing.model import RoutingConfig
 from relay.routing.rules import route
 from relay.settings import Settings
 from relay.store.base import EventRecord, StateKey

@@ -17,7 +17,6 @@ import hmac
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -28,8 +27,9 @@ from yarl import URL
 from relay import __version__
 from relay.deliver.backoff import Outcome, Permanent, classify, from_error
 from relay.errors import DeliveryError
+from relay.ocpi.times import format_datetime
 from relay.ocpi.validate import segment_problem
-from relay.routing.config import Rule, Target
+from relay.routing.model import Rule, Target
 from relay.routing.transforms import apply_transforms, coarsen_time, time_unit, transform_value
 from relay.settings import Secret
 from relay.store.base import EventRecord
@@ -69,12 +69,6 @@ def message_id(delivery_id: int) -> str:
     return f"msg_{delivery_id}"
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _loads(text: str | None, what: str) -> Any:
     if text is None:
         return None
@@ -92,7 +86,7 @@ def webhook_body(event: EventRecord, rule: Rule, target: Target) -> bytes:
     sixth of a delivery's CPU."""
     transformed = bool(rule.transform)
     obj: Any
-    timestamp = _iso(event.received_at)
+    timestamp: str | None = format_datetime(event.received_at)
     cc: Any = event.country_code
     party: Any = event.party_id
     if transformed:
@@ -113,7 +107,8 @@ def webhook_body(event: EventRecord, rule: Rule, target: Target) -> bytes:
             timestamp = coarsen_time(timestamp, unit)
     else:
         obj = orjson.Fragment(event.object) if event.object is not None else None
-        object_id, last_updated = event.object_id, _iso(event.last_updated)
+        object_id, last_updated = event.object_id, (
+            format_datetime(event.last_updated) if event.last_updated is not None else None)
         evse_uid, connector_id = event.evse_uid, event.connector_id
     envelope = {
         "type": f"{event.module}.{event.action}",

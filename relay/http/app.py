@@ -13,7 +13,7 @@ from relay.http.fastpath import FastPushes
 from relay.http.middleware import EXCEPTION_HANDLERS, RequestIdMiddleware
 from relay.http.ops import Ops
 from relay.ingest import Ingestor
-from relay.routing.config import RoutingConfig
+from relay.routing.model import RoutingConfig
 from relay.settings import Settings
 from relay.store.base import Store
 

@@ -6,7 +6,7 @@ from starlette.requests import Request
 
 from relay import metrics
 from relay.errors import OcpiError
-from relay.routing.config import RoutingConfig, Subscription
+from relay.routing.model import RoutingConfig, Subscription
 
 
 def authenticate(request: Request, config: RoutingConfig) -> Subscription:

@@ -16,7 +16,7 @@ from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.merge import match_evse
 from relay.ocpi.paths import Address, resolve
 from relay.ocpi.validate import check_path_ids
-from relay.routing.config import RoutingConfig, Subscription, cpo_matches
+from relay.routing.model import RoutingConfig, Subscription, cpo_matches
 from relay.store.base import StateKey, Store
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from starlette.responses import Response
+
+from relay.ocpi.times import format_datetime
 
 _cache: list[Any] = [0, ""]
 
@@ -16,7 +19,7 @@ def timestamp() -> str:
     now = int(time.time())
     if _cache[0] != now:
         _cache[0] = now
-        _cache[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        _cache[1] = format_datetime(datetime.fromtimestamp(now, UTC))
     return str(_cache[1])
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from relay.errors import OcpiError
 
+# The OCPI modules the relay receives, by their forwarding.yaml names (this order wherever they are listed).
+MODULES = ("locations", "sessions", "cdrs", "tariffs", "chargestationnotifications", "notifications")
+
 # path prefix -> module name of forwarding.yaml
 PREFIXES = {
     "locations": "locations",

@@ -17,12 +17,12 @@ from typing import Any
 
 from relay.errors import OcpiError
 from relay.ocpi import schema
+from relay.ocpi.times import format_datetime
 
 __all__ = [
-    "MODULES", "check_id", "check_path_ids", "format_datetime", "parse_datetime", "segment_problem", "validate_object",
+    "check_id", "check_path_ids", "parse_datetime", "segment_problem", "validate_object",
 ]
 
-MODULES = ("locations", "sessions", "cdrs", "tariffs", "chargestationnotifications", "notifications")
 
 # Modules whose bodies have no published schema: stored as received (DESIGN "Inbound HTTP").
 _UNTYPED_MODULES = frozenset({"chargestationnotifications", "notifications"})
@@ -150,14 +150,6 @@ def parse_datetime(value: object, field: str, *, strict: bool = False) -> dateti
         return _parse_dt(value, strict)[0]
     except _Invalid as e:
         raise OcpiError.invalid(field, e.reason) from None
-
-
-def format_datetime(dt: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SS[.f]Z`` in UTC, fraction without trailing zeros; naive means UTC."""
-    if dt.tzinfo is not None:
-        dt = dt.astimezone(UTC).replace(tzinfo=None)
-    text = dt.isoformat()
-    return f"{text.rstrip('0')}Z" if dt.microsecond else f"{text}Z"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from relay.ingest import Ingestor
 from relay.log import setup_logging
 from relay.pull.scheduler import run_schedule
 from relay.pull.sync import ModuleSummary, pull_source
-from relay.routing.config import PullSource
 from relay.routing.holder import ConfigHolder
+from relay.routing.model import PullSource
 from relay.settings import Settings
 from relay.store import SqlStore, open_store
 from relay.store.migrate import head_revision

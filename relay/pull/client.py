@@ -14,8 +14,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +23,8 @@ import orjson
 from yarl import URL
 
 from relay.errors import RelayError
-from relay.routing.config import PullSource
+from relay.ocpi.times import format_datetime, parse_retry_after
+from relay.routing.model import PullSource
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ class RetryPolicy:
 def format_date(dt: datetime) -> str:
     """An OCPI 2.1.1 DateTime for ``date_from``: UTC, whole seconds (floored: an earlier bound only
     fetches a little more, a later one could skip an object)."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_datetime(dt.replace(microsecond=0))
 
 
 class SenderClient:
@@ -164,7 +162,7 @@ class SenderClient:
                         http_status=status)
                 if status in RETRY_STATUSES:
                     raise PullError(f"pull source {name}: {safe_url(url)} answered HTTP {status}", retryable=True,
-                                    http_status=status, retry_after=_retry_after(resp.headers.get("Retry-After")))
+                                    http_status=status, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
                 if status != 200:
                     raise PullError(f"pull source {name}: {safe_url(url)} answered HTTP {status}", retryable=False,
                                     http_status=status)
@@ -242,20 +240,6 @@ def _int_header(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds or an HTTP date."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
 
 def safe_url(url: URL) -> str:

@@ -22,8 +22,8 @@ from relay.errors import StoreError
 from relay.ingest import Ingestor
 from relay.pull.client import RetryPolicy
 from relay.pull.sync import ResumePoint, pull_source
-from relay.routing.config import PullSource, RoutingConfig
 from relay.routing.holder import ConfigHolder
+from relay.routing.model import PullSource, RoutingConfig
 from relay.settings import Settings
 from relay.store import SqlStore
 from relay.store.positions import get_positions
@@ -53,6 +53,9 @@ async def run_schedule(
     only: str | None = None, retry: RetryPolicy | None = None,
 ) -> None:
     """Run every pull source (or only the one called ``only``) on its interval until ``stop``."""
+    # One task per source, owned here rather than by a TaskGroup: a reload cancels one source's task
+    # alone, and a crashed one is logged and started again instead of ending every source; the finally
+    # below always cancels and awaits them all.
     loops: dict[str, asyncio.Task[None]] = {}
     try:
         while not stop.is_set():

@@ -36,7 +36,7 @@ from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.paths import Address
 from relay.ocpi.validate import parse_datetime
 from relay.pull.client import Page, PullAuthError, PullError, PullLimits, RetryPolicy, SenderClient, safe_url
-from relay.routing.config import CpoPattern, PullSource
+from relay.routing.model import CpoPattern, PullSource
 from relay.store import SqlStore
 from relay.store.positions import PullPosition, existing_ids, get_positions, rejected_hashes, set_position
 
@@ -246,6 +246,7 @@ class _Pass:
                                                    date_from - REJECTED_LOOKBACK)
         ask_from = EPOCH if date_from is None and self.module == "sessions" else date_from
         queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=2)
+        # The page reader runs ahead by at most the queue's two pages; the finally always cancels and awaits it.
         producer = asyncio.create_task(self._produce(self.client.pages(self.module, ask_from, start_url), queue))
         try:
             while (item := await queue.get()) is not None:

@@ -8,7 +8,9 @@ from collections.abc import Callable, Mapping
 
 from relay.errors import ConfigError
 from relay.log import secret_filter
-from relay.routing.config import RoutingConfig, load_config, url_secrets
+from relay.routing.describe import url_secrets
+from relay.routing.loader import load_config
+from relay.routing.model import RoutingConfig
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from relay.routing.config import Condition, Match, RoutingConfig, Rule, Target, cpo_matches
+from relay.routing.model import Condition, Match, RoutingConfig, Rule, Target, cpo_matches
 from relay.routing.transforms import values_at
 
 

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from relay.routing.config import TIME_UNITS, Transform, split_path
+from relay.ocpi.times import format_datetime
+from relay.routing.model import TIME_UNITS, Transform, split_path
 
 _NOTHING = object()  # _keep's answer when no kept path reaches a value
 
@@ -130,7 +131,7 @@ def coarsen_time(value: Any, unit: str) -> str | None:
         moment = moment.replace(minute=0)
     if unit == "day":
         moment = moment.replace(hour=0)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_datetime(moment)
 
 
 def _leaf_function(t: Transform, target_name: str) -> Callable[[Any], Any]:

@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from relay import metrics
 from relay.errors import StoreError
 from relay.store.base import Operation, Plan
+from relay.store.batcher import Batcher, Waiter
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _Item:
-    op: Operation
-    future: asyncio.Future[Plan]
-    size: int
 
 
 def _size(op: Operation) -> int:
@@ -47,97 +39,61 @@ class GroupCommitWriter:
     def __init__(self, commit: CommitFn, *, batch_max: int = 512, queue_max: int = 20_000,
                  queue_max_bytes: int = 64 * 1024 * 1024, queue_timeout: float = 5.0) -> None:
         self._commit = commit
-        self._batch_max = batch_max
-        self._queue_max = queue_max
-        self._queue_max_bytes = queue_max_bytes
         self._queue_timeout = queue_timeout
-        self._queue: deque[_Item] = deque()
-        self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        self._batcher: Batcher[Operation, Plan] = Batcher(
+            self._commit_batch, on_error=self._failed, batch_max=batch_max, queue_max=queue_max,
+            queue_max_bytes=queue_max_bytes,
+        )
+        # Owned here: started by start() and awaited by close(), which the store's close() calls.
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.batches = 0
         self.operations = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="store-writer")
+        self._task = asyncio.create_task(self._batcher.run(), name="store-writer")
 
     async def submit(self, op: Operation) -> Plan:
         if self._closing:
             raise StoreError("store is shutting down")
         size = _size(op)
-        if self._full(size):
+        if self._batcher.full(size):
             await self._wait_for_room(size)
-        future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(op, future, size))
-        self._queued_bytes += size
-        self._wakeup.set()
-        return await future
-
-    def _full(self, size: int) -> bool:
-        # An operation larger than the whole byte bound still goes in alone, into an empty queue.
-        return len(self._queue) >= self._queue_max or (
-            self._queued_bytes > 0 and self._queued_bytes + size > self._queue_max_bytes
-        )
+        return await self._batcher.submit(op, size)
 
     async def _wait_for_room(self, size: int) -> None:
         metrics.STORE_QUEUE_FULL.inc()
         try:
             async with asyncio.timeout(self._queue_timeout):
-                while self._full(size):
-                    self._space.clear()
-                    await self._space.wait()
+                await self._batcher.wait_for_room(size)
         except TimeoutError:
+            queued, queued_bytes = self._batcher.queued, self._batcher.queued_bytes
             metrics.STORE_QUEUE_REFUSED.inc()
             logger.warning("write queue full, push refused", extra={
-                "queued": len(self._queue), "queued_bytes": self._queued_bytes, "timeout_s": self._queue_timeout})
+                "queued": queued, "queued_bytes": queued_bytes, "timeout_s": self._queue_timeout})
             raise StoreError(f"write queue full for {self._queue_timeout:g}s "
-                             f"({len(self._queue)} operations, {self._queued_bytes} bytes queued)") from None
+                             f"({queued} operations, {queued_bytes} bytes queued)") from None
 
     async def close(self) -> None:
         """Finish what is queued, then stop."""
         self._closing = True
-        self._wakeup.set()
+        self._batcher.close()
         if self._task is not None:
             await self._task
 
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # Everything that queued up while the previous commit ran forms the next batch.
-            n = min(len(self._queue), self._batch_max)
-            items = [self._queue.popleft() for _ in range(n)]
-            self._queued_bytes -= sum(i.size for i in items)
-            self._space.set()
-            live = [i for i in items if not i.future.cancelled()]
-            if not live:
-                continue
-            try:
-                results = await self._commit([i.op for i in live])
-            except BaseException as exc:  # noqa: BLE001 - every caller must hear about it
-                err = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc!r}")
-                if not isinstance(exc, StoreError | asyncio.CancelledError):
-                    logger.exception("group commit failed", extra={"batch": len(live)})
-                for i in live:
-                    if not i.future.done():
-                        i.future.set_exception(err)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            self.batches += 1
-            self.operations += len(live)
-            metrics.STORE_BATCH.observe(len(live))
-            for i, res in zip(live, results, strict=True):
-                if i.future.done():
-                    continue
-                if isinstance(res, BaseException):
-                    i.future.set_exception(res)
-                else:
-                    i.future.set_result(res)
+    async def _commit_batch(self, ops: list[Operation]) -> list[Plan | BaseException]:
+        results = await self._commit(ops)
+        self.batches += 1
+        self.operations += len(ops)
+        metrics.STORE_BATCH.observe(len(ops))
+        return results
+
+    async def _failed(self, batch: list[Waiter[Operation, Plan]], exc: BaseException) -> list[Waiter[Operation, Plan]]:
+        """Every caller of a failed batch gets a StoreError; nothing is retried (the push is answered 503)."""
+        err = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc!r}")
+        if not isinstance(exc, StoreError | asyncio.CancelledError):
+            logger.exception("group commit failed", extra={"batch": len(batch)}, exc_info=exc)
+        for w in batch:
+            if not w.future.done():
+                w.future.set_exception(err)
+        return []

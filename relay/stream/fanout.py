@@ -147,6 +147,8 @@ class Hub(Generic[T]):
         key = (after_seq, flt)
         task = self._pages.get(key)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # A cached page read, shared by subscribers (so not cancelled with any one of them);
+            # the hub owns it: drain() cancels and awaits every read still running at shutdown.
             task = asyncio.create_task(self._read(after_seq, flt), name="grpc-page")
             self._pages[key] = task
             task.add_done_callback(self._account)

@@ -24,7 +24,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from relay import metrics
 from relay.errors import StoreError
-from relay.routing.config import MODULES, CpoPattern, RoutingConfig, StreamClient, cpo_matches, parse_cpo
+from relay.ocpi.paths import MODULES
+from relay.routing.model import CpoPattern, RoutingConfig, StreamClient, cpo_matches, parse_cpo
 from relay.store.base import EventFilter, EventRecord, StateKey, Store, StoredState
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.routing.config import describe
+from relay.routing.describe import describe
 from tests.conftest import RelayHandle
 from tests.deliver.conftest import PartnerSink, put_session, until
 

@@ -114,7 +114,7 @@ class WriteLock:
 async def test_an_unrecorded_outcome_holds_back_the_object_s_next_row(
     relay_settings: Settings, partner_sink: PartnerSink, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="relay.deliver.worker")
+    caplog.set_level(logging.WARNING, logger="relay.deliver")
     # 1. three versions of each of two sessions are stored (and queued) by a relay without workers
     ingest = await start_relay(dataclasses.replace(relay_settings, workers=False))
     sessions = [f"{SESSION_ID[:-2]}{i:02d}" for i in range(2)]

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from relay.deliver.worker import SendSlots
+from relay.deliver.slots import SendSlots
 from relay.store import SqlStore, open_store
 from relay.store.outbox import NewOutboxRow, Outbox, OutcomeWrite
 from tests.conftest import SESSION_ID, RelayHandle

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from relay.errors import INVALID_PARAMS, OcpiError
-from relay.ocpi.validate import MODULES, check_path_ids, format_datetime, parse_datetime, validate_object
+from relay.ocpi.paths import MODULES
+from relay.ocpi.times import format_datetime
+from relay.ocpi.validate import check_path_ids, parse_datetime, validate_object
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "ocpi"
 

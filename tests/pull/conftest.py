@@ -30,7 +30,7 @@ from starlette.routing import Route
 from relay.ingest import Ingestor
 from relay.pull.client import RetryPolicy
 from relay.pull.sync import ModuleSummary, pull_source
-from relay.routing.config import PullSource
+from relay.routing.model import PullSource
 from tests.conftest import RelayHandle, example
 
 PULL_TOKEN = "pull-test-token-9d3e71"

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from relay.pull.client import PullAuthError, PullError, RetryPolicy, SenderClient
-from relay.routing.config import PullSource
+from relay.routing.model import PullSource
 from relay.settings import Secret
 from tests.pull.conftest import PULL_TOKEN, FakeSender, at, tariff
 

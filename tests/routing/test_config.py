@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import relay.routing.config as config_module
+import relay.routing.tokens as tokens_module
 from relay.errors import ConfigError
-from relay.routing.config import (
-    MODULES,
-    CpoPattern,
-    RoutingConfig,
-    check_config,
-    cpo_matches,
-    describe,
-    format_cpo,
-    load_config,
-    parse_cpo,
-)
+from relay.ocpi.paths import MODULES
+from relay.routing.describe import describe
+from relay.routing.loader import check_config, load_config
+from relay.routing.model import CpoPattern, RoutingConfig, cpo_matches, format_cpo, parse_cpo
 
 SHIPPED = Path(__file__).resolve().parents[2] / "forwarding.yaml"
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -567,13 +560,13 @@ def test_base64_token_is_accepted_only_where_the_subscription_allows_it(tmp_path
 def test_token_lookup_compares_every_token_even_after_a_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(write(tmp_path, VALID), ENV)
     calls: list[bytes] = []
-    real = config_module.hmac.compare_digest
+    real = tokens_module.hmac.compare_digest
 
     def counting(a: bytes, b: bytes) -> bool:
         calls.append(b)
         return real(a, b)
 
-    monkeypatch.setattr(config_module.hmac, "compare_digest", counting)
+    monkeypatch.setattr(tokens_module.hmac, "compare_digest", counting)
     # first subscription matches; the second's raw and base64 tokens are still compared
     assert cfg.subscription_for_token("gfx-token-7f3a") is cfg.subscriptions[0]
     assert len(calls) == 3
@@ -622,7 +615,7 @@ def test_describe_shows_effective_config_with_every_secret_masked(tmp_path: Path
 
 
 def test_routing_config_refuses_a_rule_to_an_unknown_target() -> None:
-    from relay.routing.config import Match, Rule
+    from relay.routing.model import Match, Rule
 
     rule = Rule("r", Match(None, None, None, ()), ("ghost",), ())
     with pytest.raises(ValueError, match="ghost"):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from relay.log import secret_filter
-from relay.routing.config import load_config
 from relay.routing.holder import ConfigHolder
+from relay.routing.loader import load_config
 from tests.test_cli import relay_cli
 
 HOOK_SECRET = "whsec_aG9vay10ZXN0LXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from relay.routing.config import RoutingConfig, load_config
+from relay.routing.loader import load_config
+from relay.routing.model import RoutingConfig
 from relay.routing.rules import route
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "ocpi"

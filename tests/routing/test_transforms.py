@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from relay.routing.config import Transform, load_config
+from relay.routing.loader import load_config
+from relay.routing.model import Transform
 from relay.routing.rules import route
 from relay.routing.transforms import apply_transforms, values_at
 from relay.settings import Secret
