@@ -46,9 +46,8 @@ from relay.deliver.backoff import (
 )
 from relay.errors import StoreError
 from relay.routing.config import RoutingConfig, Rule, Target
-from relay.store.base import EventRecord
+from relay.store.base import EventRecord, Store
 from relay.store.outbox import ClaimedDelivery, Outbox, OutcomeWrite
-from relay.store.sql import SqlStore
 
 if TYPE_CHECKING:
     from relay.routing.holder import ConfigHolder
@@ -80,7 +79,7 @@ RECORD_PAUSE_MAX = 2.0
 LEASE_SAFETY = 5.0
 
 
-def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
+def delivery_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
     """The runtime part: workers for every configured target until ``stop``, then drain."""
 
     async def part(stop: asyncio.Event) -> None:
@@ -88,7 +87,7 @@ def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, inf
         # holding its connections cannot starve another target's sends.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         # The workers' outbox transactions run on a thread of their own on SQLite (see Outbox).
-        outbox = Outbox(store, own_thread=True)
+        outbox = store.outbox(own_thread=True)
         try:
             async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
                 dispatcher = Dispatcher(outbox, holder, session, owner=settings.instance,

@@ -8,7 +8,6 @@ escaped, so a hostile sender or partner cannot recolour, clear or retitle the op
 from __future__ import annotations
 
 from relay.settings import Settings
-from relay.store.outbox import Outbox
 from tests.conftest import RelayHandle, eventually
 from tests.deliver.conftest import PartnerSink, Received, Reply, ocpi_envelope, put_session, run_cli
 
@@ -34,10 +33,10 @@ async def test_rejected_and_dead_tables_escape_control_characters(
     await put_session(relay)  # delivered, refused by the partner: a dead letter
 
     async def dead() -> bool:
-        return bool(await Outbox(relay.store).list_dead())
+        return bool(await relay.store.outbox().list_dead())
 
     await eventually(dead, timeout=20)
-    (letter,) = await Outbox(relay.store).list_dead()
+    (letter,) = await relay.store.outbox().list_dead()
     rejected = await relay.store.list_rejected(10)
     # the hostile bytes really are in the database, or this test proves nothing
     assert letter.last_error is not None and "\x1b" in letter.last_error, letter.last_error
