@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay.store.base import Store
-from relay.store.sql import SqlStore
+from relay.store.sql import SqlStore, observe_commits
 
 
 def async_url(database_url: str) -> str:
@@ -41,4 +41,4 @@ def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, 
     return PostgresStore(url, **opts)
 
 
-__all__ = ["Store", "SqlStore", "async_url", "open_store"]
+__all__ = ["SqlStore", "Store", "async_url", "observe_commits", "open_store"]

@@ -192,6 +192,26 @@ class EventFilter:
     object_ids: frozenset[str] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CommitTiming:
+    """How one group commit went, for ``relay.store.observe_commits`` (bench/relay_wrapper.py).
+
+    ``commit_ms`` is the event loop's wait (hand-off to the writer thread, transaction, hand-back);
+    ``hop_in_ms`` / ``hop_out_ms`` the waits for the thread to start and for the loop to resume
+    (GIL and loop contention); ``thread_ms`` / ``thread_cpu_ms`` the writer thread's wall and CPU
+    time; ``apply_ms`` / ``apply_cpu_ms`` the part of it before COMMIT (lock, max(seq), state reads,
+    planning, executemany)."""
+
+    ops: int
+    commit_ms: float
+    hop_in_ms: float
+    thread_ms: float
+    thread_cpu_ms: float
+    apply_ms: float
+    apply_cpu_ms: float
+    hop_out_ms: float
+
+
 class EventLog(abc.ABC):
     """The event log with the current state of every object, consumers' cursors and refused requests."""
 

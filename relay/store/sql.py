@@ -7,7 +7,8 @@ import concurrent.futures
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,7 @@ from relay import metrics
 from relay.errors import RowRefused, StoreError
 from relay.store import migrate
 from relay.store.base import (
+    CommitTiming,
     EventFilter,
     EventRecord,
     Operation,
@@ -95,6 +97,17 @@ class _Abandoned(Exception):
     """The event loop gave up on the batch before the thread committed it: roll it back."""
 
 
+_commit_observers: list[Callable[[CommitTiming], None]] = []
+
+
+def observe_commits(observer: Callable[[CommitTiming], None]) -> None:
+    """Call ``observer`` (on the event loop) with the timing of every group commit of this process.
+
+    A diagnostics hook for benchmarks; the figures are taken whether or not anyone observes them
+    (a few clock reads per batch)."""
+    _commit_observers.append(observer)
+
+
 class _BatchTicket:
     """Hand-off between the event loop and the writer thread for one batch.
 
@@ -103,11 +116,13 @@ class _BatchTicket:
     means "not committed", and a commit that began is awaited and answered with its real outcome.
     """
 
-    __slots__ = ("_lock", "_state")
+    __slots__ = ("_lock", "_state", "apply_cpu", "apply_wall", "thread_cpu", "thread_end", "thread_start")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = "running"
+        # timings (perf_counter / thread_time seconds), written by the thread (see CommitTiming)
+        self.thread_start = self.thread_end = self.thread_cpu = self.apply_wall = self.apply_cpu = 0.0
 
     def may_commit(self) -> bool:
         """Thread side, just before COMMIT."""
@@ -304,23 +319,35 @@ class SqlStore(Store):
         return found
 
     async def _commit_batch(self, ops: list[Operation]) -> list[Plan | BaseException]:
+        ticket = _BatchTicket()
+        t0 = time.perf_counter()
         try:
             with DB_WRITE:
-                results, last_seq = await self._run_batch(ops)
+                results, last_seq = await self._run_batch(ops, ticket)
         except _Abandoned:
             raise StoreError(f"database write took longer than {self.timeout * 3:g}s; rolled back") from None
         if last_seq is not None:
             self._note_seq(last_seq)
+        if _commit_observers:
+            t1 = time.perf_counter()
+            timing = CommitTiming(
+                ops=len(ops), commit_ms=(t1 - t0) * 1000, hop_in_ms=(ticket.thread_start - t0) * 1000,
+                thread_ms=(ticket.thread_end - ticket.thread_start) * 1000, thread_cpu_ms=ticket.thread_cpu * 1000,
+                apply_ms=ticket.apply_wall * 1000, apply_cpu_ms=ticket.apply_cpu * 1000,
+                hop_out_ms=(t1 - ticket.thread_end) * 1000,
+            )
+            for observe in _commit_observers:
+                observe(timing)
         return results
 
-    async def _run_batch(self, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
+    async def _run_batch(self, ops: list[Operation],
+                         ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
         """Run the batch as one call on the writer thread, bounded by 3 x the database timeout.
 
         On timeout (or cancellation) the batch is abandoned only if its commit has not begun; the thread
         then rolls it back. If the commit has begun, its real outcome is awaited instead."""
-        ticket = _BatchTicket()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._batch_thread, self._batch_in_thread, ops, ticket)
+        future = loop.run_in_executor(self._batch_thread, self._timed_batch, ops, ticket)
         try:
             async with asyncio.timeout(self.timeout * 3):
                 return await asyncio.shield(future)
@@ -335,6 +362,13 @@ class SqlStore(Store):
             # answer the callers with what was committed, then let the cancellation through
             asyncio.current_task().cancel()  # type: ignore[union-attr]
             return result
+
+    def _timed_batch(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
+        ticket.thread_start, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return self._batch_in_thread(ops, ticket)
+        finally:
+            ticket.thread_end, ticket.thread_cpu = time.perf_counter(), time.thread_time() - c0
 
     def _batch_in_thread(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
         """The whole batch in one transaction; if the database refuses some row's values, the batch is
@@ -356,7 +390,10 @@ class SqlStore(Store):
 
     def _transaction(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
         with self._batch_engine.connect() as conn, conn.begin():
+            w0, c0 = time.perf_counter(), time.thread_time()
             result = self._apply_batch(conn, ops)
+            ticket.apply_wall += time.perf_counter() - w0
+            ticket.apply_cpu += time.thread_time() - c0
             if not ticket.may_commit():
                 raise _Abandoned
             return result
