@@ -1,27 +1,24 @@
 """Cost of one group commit by batch size: the fixed part per batch and the part per push.
 
     .venv/bin/python bench/commit_cost.py [--db sqlite|postgres] [--sizes 1,2,4,8,32,128] [--batches 200]
-                                          [--rule] [--profile N]
+                                          [--rule]
 
 Builds location PUT operations exactly as the receiver does (``Ingestor``'s path resolution,
-validation and ``_PushOp``) and commits them through the store's batch function: for SQLite the
-writer thread's ``_batch_in_thread`` called directly on this thread (no event loop, no HTTP, no GIL
-contention). It prints, per batch size, the wall and
-CPU time per batch and per push, then fits ``cpu(batch) = fixed + per_push x size``. ``--profile N``
-adds a cProfile of batches of size N, grouped by package, to show where the fixed part goes.
+validation and ``_PushOp``) and submits each batch's operations to the store at once (``submit``),
+awaiting them before the next batch, so each batch is one group commit. The figures are
+the writer thread's, from the store's public commit hook (``relay.store.observe_commits``): no HTTP,
+no event-loop work besides the hand-offs. It prints, per batch size, the wall and CPU time per
+batch and per push, then fits ``cpu(batch) = fixed + per_push x size``. (For where the time goes,
+bench/profile_ingest.py samples a running relay with py-spy.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import pstats
 import shutil
 import sys
 import tempfile
-import time
-from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import LOCATION_PATH, PUSH_TOKEN, TargetSpec, location_body, relay_config, slope  # noqa: E402
 
-_LOOP = asyncio.new_event_loop()  # the store's async engine (migrations, close) lives on this one loop
+_LOOP = asyncio.new_event_loop()  # the store (its engines, its writer) lives on this one loop
 
 
 def build_ops(config_path: Path, prefix: str, n: int) -> list[Any]:
@@ -62,35 +59,20 @@ def build_ops(config_path: Path, prefix: str, n: int) -> list[Any]:
     return ops
 
 
-def measure(store: Any, kind: str, ops: list[Any], size: int) -> tuple[float, float, int]:
-    """(wall s, cpu s, batches) committing ``ops`` in batches of ``size``."""
-    batches = [ops[i:i + size] for i in range(0, len(ops) - size + 1, size)]
-    w0, c0 = time.perf_counter(), time.thread_time()
-    for b in batches:
-        store._batch_in_thread(b)
-    return time.perf_counter() - w0, time.thread_time() - c0, len(batches)
+def measure(store: Any, timings: list[Any], ops: list[Any], size: int) -> tuple[float, float, int]:
+    """(writer-thread wall s, writer-thread CPU s, batches) committing ``ops`` in batches of ``size``."""
 
+    async def run() -> None:
+        for i in range(0, len(ops) - size + 1, size):
+            await asyncio.gather(*(store.submit(op) for op in ops[i:i + size]))
 
-def group(stats: pstats.Stats) -> dict[str, float]:
-    """Self time by package."""
-    out: dict[str, float] = defaultdict(float)
-    for (file, _line, func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if "sqlalchemy" in file:
-            key = "SQLAlchemy"
-        elif "relay/store" in file:
-            key = "relay/store"
-        elif "relay/" in file:
-            key = "relay (plan: merge, route, hash)"
-        elif func.startswith("<method 'execute") or func.startswith("<method 'executemany"):
-            key = "sqlite3 execute/executemany (C)"
-        elif "commit" in func:
-            key = "sqlite3 commit (fsync)"
-        elif "orjson" in func or "sha256" in func or "hexdigest" in func:
-            key = "orjson / hashlib (C)"
-        else:
-            key = "other (stdlib, builtins)"
-        out[key] += tt
-    return out
+    timings.clear()
+    _LOOP.run_until_complete(run())
+    sizes = {t.ops for t in timings}
+    if sizes != {size}:
+        raise RuntimeError(f"batches of {sorted(sizes)} operations formed, not of {size}")
+    return (sum(t.thread_ms for t in timings) / 1000, sum(t.thread_cpu_ms for t in timings) / 1000,
+            len(timings))
 
 
 def main() -> int:
@@ -100,11 +82,10 @@ def main() -> int:
     p.add_argument("--sizes", default="1,2,4,8,32,128")
     p.add_argument("--batches", type=int, default=200, help="batches per size (fewer for the large sizes)")
     p.add_argument("--rule", action="store_true", help="route every event to a webhook target (outbox rows)")
-    p.add_argument("--profile", type=int, help="cProfile batches of this size")
     args = p.parse_args()
     from common import Database
 
-    from relay.store import async_url, open_store
+    from relay.store import async_url, observe_commits, open_store
     from relay.store.migrate import upgrade_to_head
 
     workdir = Path(tempfile.mkdtemp(prefix="relay-commit-"))
@@ -112,7 +93,10 @@ def main() -> int:
     try:
         upgrade_to_head(async_url(db.url))
         cfg = relay_config(workdir / "c.yaml", [TargetSpec("partner", "http://127.0.0.1:9/hook")] if args.rule else [])
-        store = open_store(db.url)
+        timings: list[Any] = []
+        observe_commits(timings.append)
+        store = open_store(db.url, batch_max=max(512, *(int(x) for x in args.sizes.split(","))))
+        _LOOP.run_until_complete(store.start())
         sizes = [int(x) for x in args.sizes.split(",")]
         print(f"{args.db}, rule {'on' if args.rule else 'off'}: one group commit of N location PUTs "
               "(lock, max(seq), read states, plan, executemany, COMMIT)")
@@ -123,8 +107,8 @@ def main() -> int:
         for size in sizes:
             count = max(3, min(args.batches, 4000 // size)) * size
             ops = build_ops(cfg, f"c{size}-", count + size)
-            measure(store, args.db, ops[:size], size)  # warm the statement caches
-            wall, cpu, batches = measure(store, args.db, ops[size:], size)
+            measure(store, timings, ops[:size], size)  # warm the statement caches
+            wall, cpu, batches = measure(store, timings, ops[size:], size)
             n += batches
             xs.append(size)
             ys.append(cpu / batches * 1000)
@@ -133,20 +117,6 @@ def main() -> int:
         per_push = slope(xs, ys)
         fixed = sum(ys) / len(ys) - per_push * sum(xs) / len(xs)
         print(f"fit: CPU per batch = {fixed:.2f} ms fixed + {per_push * 1000:.1f} us per push")
-        if args.profile:
-            size = args.profile
-            ops = build_ops(cfg, f"p{size}-", 100 * size)
-            prof = cProfile.Profile()
-            prof.enable()
-            measure(store, args.db, ops, size)
-            prof.disable()
-            stats = pstats.Stats(prof)
-            total = sum(group(stats).values())
-            print(f"cProfile, 100 batches of {size}: self time by package ({total / 100 * 1000:.2f} ms per batch "
-                  "under the profiler)")
-            for key, t in sorted(group(stats).items(), key=lambda kv: -kv[1]):
-                print(f"   {100 * t / total:5.1f} %  {key}")
-            stats.sort_stats("tottime").print_stats(12)
         _LOOP.run_until_complete(store.close())
     finally:
         db.drop()

@@ -20,7 +20,7 @@ from relay.routing.holder import ConfigHolder
 from relay.routing.loader import check_config as _check
 from relay.routing.loader import load_config
 from relay.settings import Settings
-from relay.store import SqlStore, open_store
+from relay.store import Store, open_store
 
 # Text from the wire (paths, reasons, partner answers, consumer names) reaches the operator's
 # terminal escaped: C0 (tab and newline too: they are the tables' separators), DEL, C1 and the
@@ -52,7 +52,7 @@ def _out(data: Any) -> None:
 
 
 @asynccontextmanager
-async def opened(settings: Settings, *, writer: bool = False) -> AsyncIterator[SqlStore]:
+async def opened(settings: Settings, *, writer: bool = False) -> AsyncIterator[Store]:
     store = open_store(settings.database_url, timeout=settings.db_timeout, pool_size=2)
     if writer:
         await store.start()
@@ -162,7 +162,7 @@ async def rejected_replay(settings: Settings, ids: list[int], *, replay_all: boo
     return 0 if all(res["ok"] for res in results) else 1
 
 
-async def _replay_one(store: SqlStore, ingestor: Ingestor, holder: ConfigHolder, rec: Any) -> tuple[bool, int, str]:
+async def _replay_one(store: Store, ingestor: Ingestor, holder: ConfigHolder, rec: Any) -> tuple[bool, int, str]:
     if rec.origin == "pull":
         return await _replay_pulled(store, ingestor, holder, rec)
     sub = next((s for s in holder().subscriptions if s.name == rec.subscription), None)
@@ -182,7 +182,7 @@ async def _replay_one(store: SqlStore, ingestor: Ingestor, holder: ConfigHolder,
     return outcome.ok, outcome.status_code, outcome.message
 
 
-async def _replay_pulled(store: SqlStore, ingestor: Ingestor, holder: ConfigHolder, rec: Any) -> tuple[bool, int, str]:
+async def _replay_pulled(store: Store, ingestor: Ingestor, holder: ConfigHolder, rec: Any) -> tuple[bool, int, str]:
     """A refused pulled object goes through the pull's own mapping again (its path is the sender's)."""
     from relay.pull.sync import pulled_push
 

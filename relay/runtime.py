@@ -23,7 +23,7 @@ from relay.http.protocol import EdgeLimitedHttpToolsProtocol
 from relay.log import ports_logger
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
-from relay.store import SqlStore, open_store
+from relay.store import Store, open_store
 
 logger = logging.getLogger(__name__)
 GC_THRESHOLD = 20_000  # young-generation allocations between collections (default 700)
@@ -38,7 +38,7 @@ class RunInfo:
         self.ports: dict[str, int] = {}
         self.expected: set[str] = set()  # ports the parts will bind before the relay counts as ready
         self.ready = asyncio.Event()
-        self.store: SqlStore | None = None
+        self.store: Store | None = None
         self.holder: ConfigHolder | None = None
 
 
@@ -76,7 +76,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def http_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
+def http_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
     info.expected.add("http")
 
     async def serve(stop: asyncio.Event) -> None:
@@ -169,7 +169,7 @@ async def _announce_ready(info: RunInfo) -> None:
     info.ready.set()
 
 
-def optional_parts(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> list[Part]:
+def optional_parts(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> list[Part]:
     """gRPC stream, delivery workers and pull schedule, each switchable by a flag."""
     parts: list[Part] = []
     if settings.grpc:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from relay.settings import Settings
-from relay.store.outbox import DeliveryRecord, Outbox
+from relay.store.outbox import DeliveryRecord
 from tests.conftest import SESSION_ID, RelayHandle, eventually
 from tests.deliver.conftest import (
     HOOK_SECRET,
@@ -215,7 +215,7 @@ N_EVENTS = 1 + len(KWHS)
 
 
 async def outbox(relay: RelayHandle, target: str, state: str | None = None) -> list[DeliveryRecord]:
-    return await Outbox(relay.store).list_rows(state, target, limit=10_000)
+    return await relay.store.outbox().list_rows(state, target, limit=10_000)
 
 
 def webhook_kwhs(bodies: list[bytes]) -> list[float]:

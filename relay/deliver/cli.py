@@ -22,7 +22,7 @@ from relay.routing.model import RoutingConfig
 from relay.routing.rules import route
 from relay.settings import Settings
 from relay.store.base import EventRecord, StateKey
-from relay.store.outbox import NewOutboxRow, Outbox
+from relay.store.outbox import NewOutboxRow
 
 REPLAY_PAGE = 1000
 
@@ -109,7 +109,7 @@ async def dead_list(settings: Settings, *, target: str | None, as_json: bool, li
                     out: TextIO = sys.stdout) -> int:
     """`relay dead list`: one line (or JSON object) per dead delivery."""
     async with opened(settings) as store:
-        rows = await Outbox(store).list_dead(target, limit)
+        rows = await store.outbox().list_dead(target, limit)
     if as_json:
         _out([r.summary() for r in rows], out)
         return 0
@@ -123,7 +123,7 @@ async def dead_list(settings: Settings, *, target: str | None, as_json: bool, li
 async def dead_show(settings: Settings, delivery_id: int, *, out: TextIO = sys.stdout) -> int:
     """`relay dead show ID`: the delivery (any state) and its event as one JSON object."""
     async with opened(settings) as store:
-        found = await Outbox(store).get(delivery_id)
+        found = await store.outbox().get(delivery_id)
     if found is None:
         sys.stderr.write(f"no delivery {delivery_id}\n")
         return 1
@@ -139,7 +139,7 @@ async def dead_retry(settings: Settings, ids: Sequence[int] | None, *, target: s
                      as_json: bool = False, out: TextIO = sys.stdout) -> int:
     """`relay dead retry`: dead rows back to pending (``ids`` None = all); exit 1 if an id was not dead."""
     async with opened(settings) as store:
-        retried = await Outbox(store).retry_dead(ids, target)
+        retried = await store.outbox().retry_dead(ids, target)
     missing = sorted(set(ids or ()) - set(retried))
     if as_json:
         _out([{"id": i, "retried": True} for i in retried] + [{"id": i, "retried": False} for i in missing], out)
@@ -162,7 +162,7 @@ async def replay(settings: Settings, target: str, *, from_seq: int = 1, to_seq: 
         return 2
     queued = skipped = 0
     async with opened(settings) as store:
-        outbox = Outbox(store)
+        outbox = store.outbox()
         last = to_seq if to_seq is not None else await store.max_seq()
         after = max(0, from_seq - 1)
         shown = False

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from relay.deliver.dispatcher import Dispatcher
-from relay.store.outbox import Outbox
-from relay.store.sql import SqlStore
+from relay.store.base import Store
 
 if TYPE_CHECKING:
     from relay.routing.holder import ConfigHolder
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
     from relay.settings import Settings
 
 
-def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
+def delivery_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
     """The runtime part: workers for every configured target until ``stop``, then drain."""
 
     async def part(stop: asyncio.Event) -> None:
@@ -33,7 +32,7 @@ def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, inf
         # holding its connections cannot starve another target's sends.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         # The workers' outbox transactions run on a thread of their own on SQLite (see Outbox).
-        outbox = Outbox(store, own_thread=True)
+        outbox = store.outbox(own_thread=True)
         try:
             async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
                 dispatcher = Dispatcher(outbox, holder, session, owner=settings.instance,

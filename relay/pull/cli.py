@@ -24,7 +24,7 @@ from relay.pull.sync import ModuleSummary, pull_source
 from relay.routing.holder import ConfigHolder
 from relay.routing.model import PullSource
 from relay.settings import Settings
-from relay.store import SqlStore, open_store
+from relay.store import Store, open_store
 from relay.store.migrate import head_revision
 
 
@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     return asyncio.run(_forever(settings, holder, args.source, head))
 
 
-async def _open(settings: Settings, head: str | None) -> SqlStore | None:
+async def _open(settings: Settings, head: str | None) -> Store | None:
     store = open_store(settings.database_url, batch_max=settings.batch_max, pool_size=settings.db_pool_size,
                        timeout=settings.db_timeout, queue_max_bytes=settings.write_queue_max_bytes,
                        queue_timeout=settings.write_queue_timeout)

@@ -25,8 +25,7 @@ from relay.pull.sync import ResumePoint, pull_source
 from relay.routing.holder import ConfigHolder
 from relay.routing.model import PullSource, RoutingConfig
 from relay.settings import Settings
-from relay.store import SqlStore
-from relay.store.positions import get_positions
+from relay.store import Store
 
 if TYPE_CHECKING:  # runtime imports this module; only the type names go the other way
     from relay.runtime import Part, RunInfo
@@ -38,7 +37,7 @@ INTERVAL_JITTER = 0.1  # each later pass at interval x (1 +- 10 %), as §8 asks 
 CONFIG_CHECK = 5.0  # seconds between looks for pull sources added to or removed from forwarding.yaml
 
 
-def pull_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
+def pull_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
     """The runtime Part running the pull schedule until ``stop`` is set."""
 
     async def part(stop: asyncio.Event) -> None:
@@ -49,7 +48,7 @@ def pull_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: R
 
 
 async def run_schedule(
-    store: SqlStore, ingestor: Ingestor, config: Callable[[], RoutingConfig], stop: asyncio.Event, *,
+    store: Store, ingestor: Ingestor, config: Callable[[], RoutingConfig], stop: asyncio.Event, *,
     only: str | None = None, retry: RetryPolicy | None = None,
 ) -> None:
     """Run every pull source (or only the one called ``only``) on its interval until ``stop``."""
@@ -78,7 +77,7 @@ async def run_schedule(
 
 
 async def _source_loop(
-    store: SqlStore, ingestor: Ingestor, config: Callable[[], RoutingConfig], name: str, stop: asyncio.Event,
+    store: Store, ingestor: Ingestor, config: Callable[[], RoutingConfig], name: str, stop: asyncio.Event,
     retry: RetryPolicy | None,
 ) -> None:
     delay = random.uniform(0, FIRST_RUN_JITTER)
@@ -101,7 +100,7 @@ async def _source_loop(
         delay = max(0.0, _interval(source.interval) - (time.monotonic() - t0))
 
 
-async def _run_pass(store: SqlStore, ingestor: Ingestor, source: PullSource, stop: asyncio.Event,
+async def _run_pass(store: Store, ingestor: Ingestor, source: PullSource, stop: asyncio.Event,
                     retry: RetryPolicy | None, resume: dict[str, ResumePoint]) -> None:
     """One pass, abandoned when ``stop`` is set (its position then stays where it was)."""
     work = asyncio.create_task(pull_source(store, ingestor, source, retry=retry, resume=resume))
@@ -119,9 +118,9 @@ async def _run_pass(store: SqlStore, ingestor: Ingestor, source: PullSource, sto
         logger.error("pull pass crashed", exc_info=result, extra={"source": source.name})
 
 
-async def _last_good_run(store: SqlStore, name: str) -> datetime | None:
+async def _last_good_run(store: Store, name: str) -> datetime | None:
     try:
-        positions = await get_positions(store, name)
+        positions = await store.get_positions(name)
     except StoreError:
         return None
     runs = [p.last_run_at for p in positions.values()

@@ -37,8 +37,8 @@ from relay.ocpi.paths import Address
 from relay.ocpi.validate import parse_datetime
 from relay.pull.client import Page, PullAuthError, PullError, PullLimits, RetryPolicy, SenderClient, safe_url
 from relay.routing.model import CpoPattern, PullSource
-from relay.store import SqlStore
-from relay.store.positions import PullPosition, existing_ids, get_positions, rejected_hashes, set_position
+from relay.store import Store
+from relay.store.positions import PullPosition
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def pulled_push(source: PullSource, module: str, obj: Any, received_at: datetime
 
 
 async def pull_source(
-    store: SqlStore, ingestor: Ingestor, source: PullSource, *, full: bool = False,
+    store: Store, ingestor: Ingestor, source: PullSource, *, full: bool = False,
     progress: Progress | None = None, retry: RetryPolicy | None = None, limits: PullLimits | None = None,
     resume: dict[str, ResumePoint] | None = None,
 ) -> list[ModuleSummary]:
@@ -155,7 +155,7 @@ async def pull_source(
     read and updated for passes cut short by the page cap (module docstring).
     """
     summaries: list[ModuleSummary] = []
-    positions = await get_positions(store, source.name)
+    positions = await store.get_positions(source.name)
     connector = aiohttp.TCPConnector(limit=4)
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
         client = SenderClient(session, source, retry=retry, limits=limits)
@@ -171,7 +171,7 @@ async def pull_source(
 
 
 async def _pull_module(
-    store: SqlStore, ingestor: Ingestor, client: SenderClient, module: str, prior: PullPosition | None,
+    store: Store, ingestor: Ingestor, client: SenderClient, module: str, prior: PullPosition | None,
     full: bool, progress: Progress | None, resume: dict[str, ResumePoint],
 ) -> ModuleSummary:
     source = client.source
@@ -195,20 +195,20 @@ async def _pull_module(
             logger.warning("pull pass stopped at the page cap", extra={
                 "source": source.name, "ocpi_module": module, "pages": client.limits.max_pages,
                 "next_url": safe_url(URL(run.cut_at))})
-            await set_position(store, source.name, module, position=None, run_at=run_at,
-                               status=f"ok: {summary.line()}", keep_position=True)
+            await store.set_position(source.name, module, position=None, run_at=run_at,
+                                     status=f"ok: {summary.line()}", keep_position=True)
         else:
             summary.position = _next_position(prior.position if prior else None, newest, started)
-            await set_position(store, source.name, module, position=summary.position, run_at=run_at,
-                               status=f"ok: {summary.line()}")
+            await store.set_position(source.name, module, position=summary.position, run_at=run_at,
+                                     status=f"ok: {summary.line()}")
     except (PullError, StoreError) as err:
         summary.seconds = time.monotonic() - t0
         summary.error = str(err)
         summary.auth_failed = isinstance(err, PullAuthError)
         logger.error("pull failed", extra={"source": source.name, "ocpi_module": module, "error": str(err)})
         try:
-            await set_position(store, source.name, module, position=None, run_at=run_at,
-                               status=f"failed: {err}", keep_position=True)
+            await store.set_position(source.name, module, position=None, run_at=run_at,
+                                     status=f"failed: {err}", keep_position=True)
         except StoreError:
             logger.exception("could not record the failed pull", extra={"source": source.name})
     logger.info("pull finished", extra={
@@ -229,7 +229,7 @@ def _next_position(previous: datetime | None, newest: datetime | None, started: 
 class _Pass:
     """Fetches pages in one task and ingests them in another, so HTTP and commits overlap."""
 
-    def __init__(self, store: SqlStore, ingestor: Ingestor, client: SenderClient, module: str,
+    def __init__(self, store: Store, ingestor: Ingestor, client: SenderClient, module: str,
                  summary: ModuleSummary, progress: Progress | None) -> None:
         self.store, self.ingestor, self.client, self.module = store, ingestor, client, module
         self.summary, self.progress = summary, progress
@@ -242,8 +242,8 @@ class _Pass:
         """Ingest every page (from ``start_url`` when resuming, at most ``max_pages``); returns the newest
         ``last_updated`` seen. Raises PullError/StoreError."""
         if date_from is not None:
-            self.known_bad = await rejected_hashes(self.store, self.client.source.name, self.module,
-                                                   date_from - REJECTED_LOOKBACK)
+            self.known_bad = await self.store.rejected_hashes(self.client.source.name, self.module,
+                                                              date_from - REJECTED_LOOKBACK)
         ask_from = EPOCH if date_from is None and self.module == "sessions" else date_from
         queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=2)
         # The page reader runs ahead by at most the queue's two pages; the finally always cancels and awaits it.
@@ -273,8 +273,8 @@ class _Pass:
                 self.seen[key] = lu
             fresh.append(obj)
             self._note_newest(lu)
-        known = await existing_ids(self.store, self.module,
-                                   [o["id"] for o in fresh if isinstance(o, dict) and isinstance(o.get("id"), str)])
+        known = await self.store.existing_ids(self.module,
+                                              [o["id"] for o in fresh if isinstance(o, dict) and isinstance(o.get("id"), str)])
         received_at = datetime.now(UTC)
         source = self.client.source
         for i in range(0, len(fresh), INGEST_CHUNK):

@@ -1,11 +1,15 @@
-"""Storage: the only package that speaks SQL. ``open_store`` picks the backend from the URL."""
+"""Storage: the only package that speaks SQL. ``open_store`` picks the backend from the URL.
+
+Callers use the interface: ``Store`` (relay.store.base) with its records, ``Outbox``
+(relay.store.outbox, from ``Store.outbox``) and ``PullPosition`` (relay.store.positions).
+``SqlStore`` is exported for tests that reach below the interface (raw SQL on its engines)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from relay.store.base import Store
-from relay.store.sql import SqlStore
+from relay.store.sql import SqlStore, observe_commits
 
 
 def async_url(database_url: str) -> str:
@@ -23,7 +27,7 @@ def async_url(database_url: str) -> str:
 
 
 def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0,
-               queue_max_bytes: int = 64 * 1024 * 1024, queue_timeout: float = 5.0) -> SqlStore:
+               queue_max_bytes: int = 64 * 1024 * 1024, queue_timeout: float = 5.0) -> Store:
     """A store for ``database_url`` (not started: call ``await store.start()``)."""
     url = async_url(database_url)
     opts: dict[str, Any] = dict(batch_max=batch_max, pool_size=pool_size, timeout=timeout,
@@ -37,4 +41,4 @@ def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, 
     return PostgresStore(url, **opts)
 
 
-__all__ = ["Store", "SqlStore", "async_url", "open_store"]
+__all__ = ["SqlStore", "Store", "async_url", "observe_commits", "open_store"]

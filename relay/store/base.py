@@ -2,6 +2,12 @@
 
 Everything above ``relay.store`` talks to the database through these names only; rows never leave
 the package as driver or SQLModel objects (the way eventsourcing's recorders return ``Notification``).
+
+``Store`` is composed of one interface per concern, the way eventsourcing splits its recorders:
+``EventLog`` here (events, states, cursors, rejected requests), ``Positions`` (relay.store.positions:
+where each pull source stands) and ``Outbox`` (relay.store.outbox: the delivery queue, made by
+``Store.outbox``). Each is implemented once on SQLAlchemy (relay.store.sql, relay.store.sql_outbox)
+with the dialect's parts in relay.store.sqlite and relay.store.postgres.
 """
 
 from __future__ import annotations
@@ -10,7 +16,12 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from relay.store.positions import Positions
+
+if TYPE_CHECKING:
+    from relay.store.outbox import Outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,23 +192,35 @@ class EventFilter:
     object_ids: frozenset[str] | None = None
 
 
-class Store(abc.ABC):
-    """Durable storage of the relay; one implementation per database family."""
+@dataclass(frozen=True, slots=True)
+class CommitTiming:
+    """How one group commit went, for ``relay.store.observe_commits`` (bench/relay_wrapper.py).
 
-    dialect: str
+    ``commit_ms`` is the event loop's wait (hand-off to the writer thread, transaction, hand-back);
+    ``hop_in_ms`` / ``hop_out_ms`` the waits for the thread to start and for the loop to resume
+    (GIL and loop contention); ``thread_ms`` / ``thread_cpu_ms`` the writer thread's wall and CPU
+    time; ``apply_ms`` / ``apply_cpu_ms`` the part of it before COMMIT (lock, max(seq), state reads,
+    planning, executemany)."""
 
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Open connections and start the group-commit writer."""
+    ops: int
+    commit_ms: float
+    hop_in_ms: float
+    thread_ms: float
+    thread_cpu_ms: float
+    apply_ms: float
+    apply_cpu_ms: float
+    hop_out_ms: float
 
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Drain queued operations, stop the writer and close connections."""
 
+class EventLog(abc.ABC):
+    """The event log with the current state of every object, consumers' cursors and refused requests."""
+
+    # -- writes ----------------------------------------------------------------------------------
     @abc.abstractmethod
     async def submit(self, op: Operation) -> Plan:
         """Queue ``op`` for the next group commit; returns its plan once it is durably committed."""
 
+    # -- states ----------------------------------------------------------------------------------
     @abc.abstractmethod
     async def get_state(self, key: StateKey) -> StoredState | None:
         """Current state of one object (deleted ones included, flagged)."""
@@ -212,6 +235,7 @@ class Store(abc.ABC):
     ) -> list[StoredState]:
         """States ordered by (country_code, party_id, object_id), strictly after ``after``."""
 
+    # -- events ----------------------------------------------------------------------------------
     @abc.abstractmethod
     async def read_events(
         self, after_seq: int, limit: int, flt: EventFilter | None = None, *, applied_only: bool = True
@@ -222,6 +246,11 @@ class Store(abc.ABC):
     async def max_seq(self) -> int:
         """Highest committed seq (0 when the log is empty)."""
 
+    @property
+    @abc.abstractmethod
+    def latest_seq(self) -> int:
+        """The highest seq this process knows of (no database round trip; see ``wait_for_events``)."""
+
     @abc.abstractmethod
     async def first_seq_since(self, since: datetime) -> int:
         """The seq just before the first event received at or after ``since``."""
@@ -230,6 +259,7 @@ class Store(abc.ABC):
     async def wait_for_events(self, after_seq: int, timeout: float) -> int:
         """Wait until an event with seq > ``after_seq`` may exist (or timeout); returns the last known seq."""
 
+    # -- cursors ---------------------------------------------------------------------------------
     @abc.abstractmethod
     async def get_cursor(self, name: str) -> int | None:
         """Committed seq of a durable consumer."""
@@ -238,24 +268,58 @@ class Store(abc.ABC):
     async def commit_cursor(self, name: str, seq: int) -> None:
         """Store a durable consumer's cursor (never moves backwards)."""
 
+    # -- rejected requests -----------------------------------------------------------------------
     @abc.abstractmethod
     async def list_rejected(self, limit: int = 1000, *, only_open: bool = False) -> list[RejectedRecord]:
         """Refused requests, newest last."""
 
     @abc.abstractmethod
-    async def get_rejected(self, rejected_id: int) -> RejectedRecord | None: ...
+    async def get_rejected(self, rejected_id: int) -> RejectedRecord | None:
+        """One refused request, or None."""
 
     @abc.abstractmethod
     async def update_rejected_reason(self, rejected_id: int, http_status: int, status_code: int, reason: str) -> None:
         """A replay failed again: keep the record with the new reason."""
 
+
+class Store(EventLog, Positions):
+    """Durable storage of the relay; one implementation per database family (``open_store`` picks it).
+
+    Every method raises ``relay.errors.StoreError`` when the database fails; driver errors never
+    leave the package.
+    """
+
+    dialect: str
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and start the group-commit writer."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Drain queued operations, stop the writer and close connections."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision."""
+
+    # -- the outbox ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def outbox(self, *, own_thread: bool = False) -> Outbox:
+        """The delivery queue on this store (see relay.store.outbox); close it with ``Outbox.close``.
+
+        ``own_thread=True`` (what the delivery workers use) lets the backend run the outbox's write
+        transactions on a thread and connection of their own where that is faster (SQLite)."""
+
+    # -- operations ------------------------------------------------------------------------------
     @abc.abstractmethod
     async def ping(self) -> bool:
         """True when the database answers."""
 
     @abc.abstractmethod
     async def schema_revision(self) -> str | None:
-        """The Alembic revision the database is at."""
+        """The Alembic revision the database is at (None when it cannot be read)."""
 
     @abc.abstractmethod
     async def stats(self) -> dict[str, Any]:

@@ -7,8 +7,10 @@ import concurrent.futures
 import hashlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -21,6 +23,7 @@ from relay import metrics
 from relay.errors import RowRefused, StoreError
 from relay.store import migrate
 from relay.store.base import (
+    CommitTiming,
     EventFilter,
     EventRecord,
     Operation,
@@ -30,7 +33,8 @@ from relay.store.base import (
     Store,
     StoredState,
 )
-from relay.store.tables import CONSUMER, DELIVERY, EVENT, REJECTED, STATE
+from relay.store.positions import PullPosition
+from relay.store.tables import CONSUMER, DELIVERY, EVENT, PULL_POSITION, REJECTED, STATE
 from relay.store.writer import GroupCommitWriter
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,39 @@ STATE_COLS = ("module", "country_code", "party_id", "object_id", "object", "obje
 DELIVERY_COLS = ("seq", "target", "rule", "object_key", "state", "attempts", "next_attempt_at", "created_at",
                  "updated_at")
 _KEY_COLS = (STATE.c.module, STATE.c.country_code, STATE.c.party_id, STATE.c.object_id)
+
+
+class translated:  # noqa: N801 - used as a context manager, like contextlib's lower-case ones
+    """``with translated("database read"):`` turns a driver error raised inside into
+    ``StoreError("database read failed: <type>: <first line of the driver's message>")``.
+
+    The one place where the store maps SQLAlchemy's and the OS's errors to the project's (the role
+    of eventsourcing's ``SQLiteTransaction.__exit__``). Reusable and reentrant: the store keeps one
+    per kind of access."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        # TimeoutError is an OSError: a driver's or a pool's timeout is a database failure too
+        if isinstance(exc, SQLAlchemyError | OSError):
+            raise StoreError(f"{self.what} failed: {type(exc).__name__}: {short_error(exc)}") from exc
+
+
+DB_READ = translated("database read")
+DB_WRITE = translated("database write")
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of a driver error's message (at most 200 characters)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).splitlines()[0][:200]
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _row_level(exc: BaseException) -> bool:
@@ -60,6 +97,17 @@ class _Abandoned(Exception):
     """The event loop gave up on the batch before the thread committed it: roll it back."""
 
 
+_commit_observers: list[Callable[[CommitTiming], None]] = []
+
+
+def observe_commits(observer: Callable[[CommitTiming], None]) -> None:
+    """Call ``observer`` (on the event loop) with the timing of every group commit of this process.
+
+    A diagnostics hook for benchmarks; the figures are taken whether or not anyone observes them
+    (a few clock reads per batch)."""
+    _commit_observers.append(observer)
+
+
 class _BatchTicket:
     """Hand-off between the event loop and the writer thread for one batch.
 
@@ -68,11 +116,13 @@ class _BatchTicket:
     means "not committed", and a commit that began is awaited and answered with its real outcome.
     """
 
-    __slots__ = ("_lock", "_state")
+    __slots__ = ("_lock", "_state", "apply_cpu", "apply_wall", "thread_cpu", "thread_end", "thread_start")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = "running"
+        # timings (perf_counter / thread_time seconds), written by the thread (see CommitTiming)
+        self.thread_start = self.thread_end = self.thread_cpu = self.apply_wall = self.apply_cpu = 0.0
 
     def may_commit(self) -> bool:
         """Thread side, just before COMMIT."""
@@ -112,7 +162,7 @@ def _state(row: Row[Any]) -> StoredState:
     )
 
 
-def _event(row: Row[Any]) -> EventRecord:
+def event_record(row: Row[Any]) -> EventRecord:
     m = row._mapping
     return EventRecord(
         seq=m["seq"], module=m["module"], action=m["action"], country_code=m["country_code"],
@@ -223,6 +273,10 @@ class SqlStore(Store):
         """A timestamp as the driver stores it (see ``UtcDateTime``); PostgreSQL overrides."""
         return value
 
+    def _upsert(self, table: Any) -> Any:
+        """The dialect's INSERT with ``on_conflict_do_update`` (SQLite's and PostgreSQL's differ in type)."""
+        raise NotImplementedError
+
     def _insert_sql(self, table: str, cols: Sequence[str]) -> str:
         return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({self._placeholders(len(cols))})"
 
@@ -265,24 +319,35 @@ class SqlStore(Store):
         return found
 
     async def _commit_batch(self, ops: list[Operation]) -> list[Plan | BaseException]:
+        ticket = _BatchTicket()
+        t0 = time.perf_counter()
         try:
-            results, last_seq = await self._run_batch(ops)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise StoreError(f"database write failed: {type(exc).__name__}: {_short(exc)}") from exc
+            with DB_WRITE:
+                results, last_seq = await self._run_batch(ops, ticket)
         except _Abandoned:
             raise StoreError(f"database write took longer than {self.timeout * 3:g}s; rolled back") from None
         if last_seq is not None:
             self._note_seq(last_seq)
+        if _commit_observers:
+            t1 = time.perf_counter()
+            timing = CommitTiming(
+                ops=len(ops), commit_ms=(t1 - t0) * 1000, hop_in_ms=(ticket.thread_start - t0) * 1000,
+                thread_ms=(ticket.thread_end - ticket.thread_start) * 1000, thread_cpu_ms=ticket.thread_cpu * 1000,
+                apply_ms=ticket.apply_wall * 1000, apply_cpu_ms=ticket.apply_cpu * 1000,
+                hop_out_ms=(t1 - ticket.thread_end) * 1000,
+            )
+            for observe in _commit_observers:
+                observe(timing)
         return results
 
-    async def _run_batch(self, ops: list[Operation]) -> tuple[list[Plan | BaseException], int | None]:
+    async def _run_batch(self, ops: list[Operation],
+                         ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
         """Run the batch as one call on the writer thread, bounded by 3 x the database timeout.
 
         On timeout (or cancellation) the batch is abandoned only if its commit has not begun; the thread
         then rolls it back. If the commit has begun, its real outcome is awaited instead."""
-        ticket = _BatchTicket()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._batch_thread, self._batch_in_thread, ops, ticket)
+        future = loop.run_in_executor(self._batch_thread, self._timed_batch, ops, ticket)
         try:
             async with asyncio.timeout(self.timeout * 3):
                 return await asyncio.shield(future)
@@ -298,19 +363,26 @@ class SqlStore(Store):
             asyncio.current_task().cancel()  # type: ignore[union-attr]
             return result
 
+    def _timed_batch(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
+        ticket.thread_start, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return self._batch_in_thread(ops, ticket)
+        finally:
+            ticket.thread_end, ticket.thread_cpu = time.perf_counter(), time.thread_time() - c0
+
     def _batch_in_thread(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
         """The whole batch in one transaction; if the database refuses some row's values, the batch is
         split in halves, each retried in its own transaction, down to the operations at fault, which
         fail alone with RowRefused while every other operation commits (batch isolation)."""
         try:
             return self._transaction(ops, ticket)
-        except (SQLAlchemyError, OverflowError) as exc:
+        except (StatementError, OverflowError) as exc:  # DataError is a StatementError
             if not _row_level(exc):
                 raise
             if len(ops) == 1:
                 metrics.STORE_ROWS_REFUSED.inc()
-                logger.warning("database refused an operation's values", extra={"error": _short(exc)})
-                return [RowRefused(f"the database refused a value: {_short(exc)}")], None
+                logger.warning("database refused an operation's values", extra={"error": short_error(exc)})
+                return [RowRefused(f"the database refused a value: {short_error(exc)}")], None
         mid = len(ops) // 2
         first, seq1 = self._batch_in_thread(ops[:mid], ticket)
         second, seq2 = self._batch_in_thread(ops[mid:], ticket)
@@ -318,7 +390,10 @@ class SqlStore(Store):
 
     def _transaction(self, ops: list[Operation], ticket: _BatchTicket) -> tuple[list[Plan | BaseException], int | None]:
         with self._batch_engine.connect() as conn, conn.begin():
+            w0, c0 = time.perf_counter(), time.thread_time()
             result = self._apply_batch(conn, ops)
+            ticket.apply_wall += time.perf_counter() - w0
+            ticket.apply_cpu += time.thread_time() - c0
             if not ticket.may_commit():
                 raise _Abandoned
             return result
@@ -403,11 +478,15 @@ class SqlStore(Store):
 
     # -- reads -----------------------------------------------------------------------------------
     async def _fetch(self, stmt: Any) -> list[Row[Any]]:
-        try:
+        with DB_READ:
             async with self.engine.connect() as conn:
                 return list(await conn.execute(stmt))
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"database read failed: {type(exc).__name__}: {_short(exc)}") from exc
+
+    async def _execute(self, stmt: Any, engine: AsyncEngine) -> None:
+        """One statement in its own transaction on ``engine`` (the write engine begins IMMEDIATE on SQLite)."""
+        with DB_WRITE:
+            async with engine.begin() as conn:
+                await conn.execute(stmt)
 
     async def get_state(self, key: StateKey) -> StoredState | None:
         rows = await self._fetch(
@@ -449,7 +528,7 @@ class SqlStore(Store):
             if flt.object_ids is not None:
                 stmt = stmt.where(EVENT.c.object_id.in_(sorted(flt.object_ids)))
         stmt = stmt.order_by(EVENT.c.seq).limit(limit)
-        return [_event(r) for r in await self._fetch(stmt)]
+        return [event_record(r) for r in await self._fetch(stmt)]
 
     async def max_seq(self) -> int:
         rows = await self._fetch(select(func.coalesce(func.max(EVENT.c.seq), 0)))
@@ -482,20 +561,13 @@ class SqlStore(Store):
     async def commit_cursor(self, name: str, seq: int) -> None:
         # One upsert that never moves backwards: two first commits of one name (two replicas serving
         # one consumer) cannot both INSERT and collide, as an update-then-insert could.
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        insert = postgresql.insert(CONSUMER) if self.dialect == "postgresql" else sqlite.insert(CONSUMER)
-        values = insert.values(name=name, seq=seq, updated_at=now_utc())
+        values = self._upsert(CONSUMER).values(name=name, seq=seq, updated_at=now_utc())
         stmt = values.on_conflict_do_update(
             index_elements=[CONSUMER.c.name],
             set_={"seq": values.excluded.seq, "updated_at": values.excluded.updated_at},
             where=CONSUMER.c.seq <= values.excluded.seq,
         )
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(stmt)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cursor commit failed: {_short(exc)}") from exc
+        await self._execute(stmt, self.engine)
 
     async def list_rejected(self, limit: int = 1000, *, only_open: bool = False) -> list[RejectedRecord]:
         stmt = select(REJECTED)
@@ -509,11 +581,11 @@ class SqlStore(Store):
         return _rejected(rows[0]) if rows else None
 
     async def update_rejected_reason(self, rejected_id: int, http_status: int, status_code: int, reason: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(REJECTED).where(REJECTED.c.id == rejected_id)
-                .values(http_status=http_status, status_code=status_code, reason=reason)
-            )
+        await self._execute(
+            update(REJECTED).where(REJECTED.c.id == rejected_id)
+            .values(http_status=http_status, status_code=status_code, reason=reason),
+            self.engine,
+        )
 
     async def ping(self) -> bool:
         try:
@@ -526,8 +598,9 @@ class SqlStore(Store):
 
     async def schema_revision(self) -> str | None:
         try:
-            return await migrate.current_revision(self.engine)
-        except (SQLAlchemyError, OSError):
+            with DB_READ:
+                return await migrate.current_revision(self.engine)
+        except StoreError:
             return None
 
     async def stats(self) -> dict[str, Any]:
@@ -569,6 +642,50 @@ class SqlStore(Store):
         }
 
 
+    # -- pull positions --------------------------------------------------------------------------
+    async def get_positions(self, source: str) -> dict[str, PullPosition]:
+        rows = await self._fetch(select(PULL_POSITION).where(PULL_POSITION.c.source == source))
+        out: dict[str, PullPosition] = {}
+        for row in rows:
+            m = row._mapping
+            out[m["module"]] = PullPosition(m["source"], m["module"], m["position"], m["last_run_at"],
+                                            m["last_status"])
+        return out
+
+    async def set_position(self, source: str, module: str, *, position: datetime | None, run_at: datetime,
+                           status: str, keep_position: bool = False) -> None:
+        values: dict[str, Any] = {"source": source, "module": module, "position": position, "last_run_at": run_at,
+                                  "last_status": status[:2000], "updated_at": now_utc()}
+        changing = ["last_run_at", "last_status", "updated_at"] + ([] if keep_position else ["position"])
+        if keep_position:
+            # first pass ever failed: the row is created without a position (next pass is a full one)
+            values["position"] = None
+        ins = self._upsert(PULL_POSITION)
+        await self._execute(ins.values(**values).on_conflict_do_update(
+            index_elements=["source", "module"], set_={c: ins.excluded[c] for c in changing}
+        ), self.write_engine)  # like every other writer's, its transaction begins IMMEDIATE on SQLite
+
+    async def rejected_hashes(self, source: str, module: str, since: datetime) -> set[str]:
+        rows = await self._fetch(select(REJECTED.c.body).where(
+            REJECTED.c.subscription == source, REJECTED.c.origin == "pull", REJECTED.c.module == module,
+            REJECTED.c.received_at >= since,
+        ))
+        return {hashlib.sha256(bytes(r[0])).hexdigest() for r in rows}
+
+    async def existing_ids(self, module: str, object_ids: Iterable[str]) -> set[str]:
+        ids = sorted({i for i in object_ids if isinstance(i, str)})
+        found: set[str] = set()
+        with DB_READ:
+            async with self.engine.connect() as conn:
+                for i in range(0, len(ids), 500):
+                    stmt = select(STATE.c.object_id).where(
+                        STATE.c.module == module, STATE.c.object_id.in_(ids[i : i + 500]),
+                        STATE.c.deleted == False,  # noqa: E712 - SQL comparison, not a Python truth test
+                    )
+                    found.update(r[0] for r in await conn.execute(stmt))
+        return found
+
+
 class _View(Mapping[StateKey, "StoredState | None"]):
     """Read-only view of the batch's states for one operation (missing keys read as None)."""
 
@@ -586,8 +703,3 @@ class _View(Mapping[StateKey, "StoredState | None"]):
     def __len__(self) -> int:
         return len(self._d)
 
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return str(exc.orig).splitlines()[0][:200]
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -19,18 +19,23 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from relay.store.base import Operation, Plan
+from relay.store.outbox import Outbox, OutcomeWrite
 from relay.store.sql import SqlStore
+from relay.store.sql_outbox import OUTBOX_WRITE, Fenced, SqlOutbox
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
@@ -164,6 +169,12 @@ class SQLiteStore(SqlStore):
         with self.write_gate.hold(urgent=True):
             return super()._transaction(ops, ticket)
 
+    def _upsert(self, table: Any) -> Any:
+        return sqlite.insert(table)
+
+    def outbox(self, *, own_thread: bool = False) -> Outbox:
+        return SQLiteOutbox(self, own_thread=own_thread)
+
     def _bind_time(self, value: datetime | None) -> Any:
         # What SQLAlchemy's SQLite DATETIME stores for UtcDateTime: naive UTC, this exact text form.
         if value is None:
@@ -174,3 +185,81 @@ class SQLiteStore(SqlStore):
 
     def _read_time(self, value: Any) -> datetime | None:
         return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+# The fenced outcome write of sql_outbox._RECORD as driver-level SQL, fed tuples: SQLAlchemy's per-row
+# parameter processing was most of this write's GIL time on the workers' thread.
+_RECORD_SQL = (
+    "UPDATE delivery SET state = ?, attempts = ?, next_attempt_at = ?, last_http_status = ?, last_ocpi_status = ?, "
+    "last_error = ?, claimed_by = NULL, claimed_until = NULL, updated_at = ? "
+    "WHERE id = ? AND state = 'in_flight' AND claimed_by = ?"
+)
+
+
+class _OwnThread:
+    """A blocking SQLite connection on a thread of its own: a whole transaction per hand-off.
+
+    Same PRAGMAs and BEGIN IMMEDIATE as the store's engines, so the locking is unchanged; one
+    thread means this outbox's transactions queue here instead of on the database lock.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.gate = store.write_gate  # the group commit goes first (see WriteGate)
+        sync_url = store.url.replace("sqlite+aiosqlite:", "sqlite:", 1)
+        self.engine: Engine = create_engine(sync_url, poolclass=QueuePool, pool_size=1, max_overflow=0)
+        apply_pragmas(self.engine, immediate=True, busy_ms=int(store.timeout * 1000))
+        self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, self._in_thread, work)
+
+    def _in_thread(self, work: Callable[[Connection], T]) -> T:
+        with self.gate.hold(urgent=False), self.engine.begin() as conn:
+            return work(conn)
+
+    async def close(self) -> None:
+        # queued behind any transaction still running, so nothing is cut off
+        await asyncio.get_running_loop().run_in_executor(self.thread, self.engine.dispose)
+        self.thread.shutdown(wait=False)
+
+
+class SQLiteOutbox(SqlOutbox):
+    """SQLite's outbox: one write transaction of this outbox at a time, and (``own_thread``, the
+    delivery workers') each on a thread of its own. No row locks: SQLite serialises write transactions
+    (BEGIN IMMEDIATE), so a claim is atomic as it is."""
+
+    def __init__(self, store: SQLiteStore, *, own_thread: bool = False) -> None:
+        super().__init__(store)
+        self._bind = store._bind_time
+        self._thread = _OwnThread(store) if own_thread else None
+        # SQLite has one writer: queueing our own writes here keeps at most one of this process's
+        # outbox transactions waiting on the database lock next to the ingest writer.
+        self._write_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            await thread.close()
+
+    async def _transaction(self, work: Callable[[Connection], T]) -> T:
+        if self._thread is not None:
+            with OUTBOX_WRITE:
+                return await self._thread.run(work)
+        async with self._write_lock:
+            return await super()._transaction(work)
+
+    def _record_all(self, outcomes: Sequence[OutcomeWrite], owner: str,
+                    now: datetime) -> Callable[[Connection], set[int]]:
+        if self._thread is None:
+            return super()._record_all(outcomes, owner, now)
+        t = self._bind
+        now_b = t(now)
+        rows = [(o.state, o.attempts, t(o.next_attempt_at), o.http_status, o.ocpi_status, o.error, now_b, o.id,
+                 owner) for o in outcomes]
+
+        def work(conn: Connection) -> set[int]:
+            if conn.exec_driver_sql(_RECORD_SQL, rows).rowcount != len(rows):
+                raise Fenced  # some row is not ours any more: roll back, sort them out one by one
+            return set()
+
+        return work

@@ -31,8 +31,7 @@ from starlette.routing import Route
 
 from relay.runtime import bind
 from relay.settings import Settings
-from relay.store import SqlStore, open_store
-from relay.store.outbox import DeliveryRecord, Outbox
+from relay.store.outbox import DeliveryRecord
 from tests.conftest import SESSION_ID, RelayHandle, eventually, example
 
 HOOK_SECRET = "whsec_" + base64.b64encode(b"hook-test-secret-0123456789abcdef").decode()
@@ -207,7 +206,7 @@ def relay_settings(database_url: str, config_path: Path) -> Settings:
 
 async def rows(relay: RelayHandle, state: str | None = None, target: str | None = None) -> list[DeliveryRecord]:
     """Outbox rows by id, read through the store's outbox API."""
-    return await Outbox(relay.store).list_rows(state, target, limit=100_000)
+    return await relay.store.outbox().list_rows(state, target, limit=100_000)
 
 
 async def run_cli(*args: str, settings: Settings) -> tuple[int, str, str]:
@@ -247,14 +246,3 @@ async def patch_session(relay: RelayHandle, i: int, kwh: float, session_id: str 
     ts = (datetime(2024, 3, 5, 8, 15, tzinfo=UTC) + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
     ans = await relay.patch(session_path(session_id), {"kwh": kwh, "last_updated": ts})
     assert ans.body.get("status_code") == 1000, ans.body
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    """A migrated store on each database, not started (the outbox tests drive it directly)."""
-    s = open_store(database_url)
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()

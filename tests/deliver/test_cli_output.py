@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 from relay.settings import Settings
 from relay.store.base import NewRejected, Plan, StateKey, StoredState
-from relay.store.outbox import Outbox
 from tests.conftest import RelayHandle, eventually
 from tests.deliver.conftest import PartnerSink, Received, Reply, ocpi_envelope, put_session, run_cli
 
@@ -38,10 +37,10 @@ async def test_rejected_and_dead_tables_escape_control_characters(
     await put_session(relay)  # delivered, refused by the partner: a dead letter
 
     async def dead() -> bool:
-        return bool(await Outbox(relay.store).list_dead())
+        return bool(await relay.store.outbox().list_dead())
 
     await eventually(dead, timeout=20)
-    (letter,) = await Outbox(relay.store).list_dead()
+    (letter,) = await relay.store.outbox().list_dead()
     # the relay keeps a refused path's control characters as %XX ...
     assert any("%1B" in r.path and "\x1b" not in r.path for r in await relay.store.list_rejected(10))
     # ... but a record kept by an older version holds them raw: the tables must escape those too

@@ -13,7 +13,6 @@ from sqlalchemy import update
 
 from relay.settings import Settings
 from relay.store import open_store
-from relay.store.outbox import Outbox
 from relay.store.tables import DELIVERY
 from tests.conftest import SESSION_ID, eventually, start_relay, stop_relay
 from tests.deliver.conftest import REPO, PartnerSink, Received, Reply, put_session, until
@@ -67,7 +66,7 @@ async def test_rows_claimed_by_a_killed_relay_are_delivered_after_restart(
 
     store = open_store(relay_settings.database_url)
     try:
-        left = await Outbox(store).list_rows()
+        left = await store.outbox().list_rows()
     finally:
         await store.close()
     assert [r.state for r in left] == ["in_flight"] * 3
@@ -82,7 +81,7 @@ async def test_rows_claimed_by_a_killed_relay_are_delivered_after_restart(
         assert sorted(r.headers["webhook-id"] for r in partner_sink.received[3:]) == held_ids
 
         async def done() -> bool:
-            return [r.state for r in await Outbox(restarted.store).list_rows()] == ["done"] * 3
+            return [r.state for r in await restarted.store.outbox().list_rows()] == ["done"] * 3
 
         await eventually(done)
     finally:

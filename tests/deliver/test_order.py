@@ -13,17 +13,12 @@ import asyncio
 import dataclasses
 import logging
 import sqlite3
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import update
 
 from relay.settings import Settings
-from relay.store import SqlStore
-from relay.store.outbox import NewOutboxRow, Outbox, OutcomeWrite
-from relay.store.tables import DELIVERY
 from tests.conftest import SESSION_ID, eventually, start_relay, stop_relay
 from tests.deliver.conftest import PartnerSink, Received, Reply, patch_session, put_session, until
 
@@ -177,38 +172,3 @@ async def test_an_unrecorded_outcome_holds_back_the_object_s_next_row(
     for key, seqs in per_object.items():
         assert seqs == sorted(seqs), f"{key} arrived out of order: {seqs}"
         assert len(set(seqs)) == 3, f"{key}: {seqs}"
-
-
-
-@pytest.mark.parametrize("own_thread", [False, True], ids=["engine", "own-thread"])
-async def test_outcome_writes_and_heartbeats_name_the_rows_that_are_no_longer_ours(
-    store: SqlStore, own_thread: bool
-) -> None:
-    """A worker must know when its claim is gone: it then stops the chain instead of sending on."""
-    outbox = Outbox(store, own_thread=own_thread)
-    try:
-        await outbox.enqueue_missing([NewOutboxRow(1, "t", "r", "sessions/NL/GFX/a"),
-                                      NewOutboxRow(2, "t", "r", "sessions/NL/GFX/b")])
-        kept_row, lost_row = await outbox.claim("t", 10, "w1", 30)
-        assert await outbox.claim("t", 10, "w0", 30) == []  # both objects are in flight
-        # w1's claim on ``lost_row`` ends and w2 takes the row over
-        await _expire(store, lost_row.id)
-        assert await outbox.reap_expired() == 1
-        (taken,) = await outbox.claim("t", 10, "w2", 30)
-        assert taken.id == lost_row.id
-        assert await outbox.extend([kept_row.id, lost_row.id], "w1", 30) == {kept_row.id}
-        now = datetime.now(UTC)
-        lost = await outbox.record([OutcomeWrite(kept_row.id, "done", 1, now),
-                                    OutcomeWrite(lost_row.id, "done", 1, now)], "w1")
-        assert lost == {lost_row.id}
-        states = {r.id: (r.state, r.claimed_by) for r in await outbox.list_rows()}
-        assert states == {kept_row.id: ("done", None), lost_row.id: ("in_flight", "w2")}
-        assert await outbox.record([OutcomeWrite(lost_row.id, "done", 1, now)], "w2") == set()
-    finally:
-        await outbox.close()
-
-
-async def _expire(store: SqlStore, delivery_id: int) -> None:
-    async with store.write_engine.begin() as conn:
-        await conn.execute(update(DELIVERY).where(DELIVERY.c.id == delivery_id)
-                           .values(claimed_until=datetime.now(UTC) - timedelta(minutes=5)))

@@ -11,7 +11,6 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from relay.deliver.cli import dead_list, dead_retry, dead_show
 from relay.metrics import REGISTRY
-from relay.store.outbox import Outbox
 from tests.conftest import SESSION_ID, RelayHandle, eventually, example_bytes
 from tests.deliver.conftest import (
     HOOK_SECRET,
@@ -299,4 +298,4 @@ async def test_outbox_depth_gauge_and_status_follow_the_outbox(relay: RelayHandl
     release.set()
     await until(lambda: REGISTRY.get_sample_value("relay_outbox_depth", {"target": "hook"}) == 0)
     assert (await relay.store.stats())["targets"]["hook"]["done"] == 3
-    assert await Outbox(relay.store).counts() == {}
+    assert await relay.store.outbox().counts() == {}

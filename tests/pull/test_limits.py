@@ -11,7 +11,6 @@ from relay.ingest import Ingestor
 from relay.pull.client import PullLimits
 from relay.pull.sync import ModuleSummary, ResumePoint, pull_source
 from relay.store.base import StateKey
-from relay.store.positions import get_position
 from tests.conftest import RelayHandle
 from tests.pull.conftest import FAST_RETRY, SOURCE, FakeSender, Puller, at, location, tariff
 
@@ -65,8 +64,8 @@ async def test_a_page_larger_than_the_cap_fails_the_module_without_retrying(
     assert loc.error is not None and "more than the 20000 bytes a page may have" in loc.error
     assert len(sender.queries("locations")) == 1  # as large the next time: not retried
     assert result["tariffs"].ok  # the other modules still ran
-    assert await get_position(relay.store, SOURCE, "locations") is not None
-    assert (await get_position(relay.store, SOURCE, "locations")).position is None  # type: ignore[union-attr]
+    assert await relay.store.get_position(SOURCE, "locations") is not None
+    assert (await relay.store.get_position(SOURCE, "locations")).position is None  # type: ignore[union-attr]
     result = await _pull(relay, PullLimits(max_page_bytes=1_000_000))
     assert result["locations"].ok and result["locations"].fetched == 30
 
@@ -81,7 +80,7 @@ async def test_a_pass_stops_at_the_page_cap_and_the_next_pass_continues_from_the
     loc = first["locations"]
     assert (loc.ok, loc.capped, loc.fetched) == (True, True, 50)
     assert any(r.getMessage() == "pull pass stopped at the page cap" for r in caplog.records)
-    position = await get_position(relay.store, SOURCE, "locations")
+    position = await relay.store.get_position(SOURCE, "locations")
     assert position is not None and position.position is None  # not moved: the rest is unread
     assert await relay.store.get_state(StateKey("locations", "NL", "GFX", "LOC-00055")) is None
 
@@ -90,6 +89,6 @@ async def test_a_pass_stops_at_the_page_cap_and_the_next_pass_continues_from_the
     assert (loc.ok, loc.capped, loc.fetched, loc.new) == (True, False, 10, 10)
     assert sender.queries("locations")[2]["offset"] == "50"  # continued, not started over
     assert await relay.store.get_state(StateKey("locations", "NL", "GFX", "LOC-00059")) is not None
-    position = await get_position(relay.store, SOURCE, "locations")
+    position = await relay.store.get_position(SOURCE, "locations")
     assert position is not None and position.position == datetime.fromisoformat(at(59))
     assert resume == {}

@@ -10,7 +10,6 @@ from relay import metrics
 from relay.pull.client import RetryPolicy
 from relay.pull.sync import SAFETY_OVERLAP
 from relay.store.base import StateKey
-from relay.store.positions import get_position
 from tests.conftest import RelayHandle
 from tests.pull.conftest import (
     PULL_TOKEN,
@@ -135,14 +134,14 @@ async def test_failed_pass_does_not_move_the_position(relay: RelayHandle, sender
                                                       pull: Puller) -> None:
     _fill(sender, locations=60)
     await pull()
-    position = await get_position(relay.store, SOURCE, "locations")
+    position = await relay.store.get_position(SOURCE, "locations")
     assert position is not None and position.position is not None
     sender.put("locations", location("LOC-00001", at(900), name="changed"))
     for n in range(len(sender.requests) + 1, len(sender.requests) + 10):
         sender.fail(n, 500)
     result = await pull(retry=RetryPolicy(attempts=2, base=0.01, cap=0.01))
     assert not result["locations"].ok and "HTTP 500" in (result["locations"].error or "")
-    after = await get_position(relay.store, SOURCE, "locations")
+    after = await relay.store.get_position(SOURCE, "locations")
     assert after is not None and after.position == position.position
     assert (after.last_status or "").startswith("failed")
 
@@ -159,7 +158,7 @@ async def test_401_stops_the_pass_with_a_message_naming_the_source_but_not_the_t
         assert SOURCE in (summary.error or "") and "401" in (summary.error or "")
         assert PULL_TOKEN not in (summary.error or "")
     assert await _events(relay) == 0
-    recorded = await get_position(relay.store, SOURCE, "locations")
+    recorded = await relay.store.get_position(SOURCE, "locations")
     assert recorded is not None and (recorded.last_status or "").startswith("failed")  # the failure is kept,
     assert recorded.position is None  # the position is not set: the next pass is a full one again
 
@@ -168,7 +167,7 @@ async def test_incremental_pull_asks_from_the_stored_position(relay: RelayHandle
                                                               pull: Puller) -> None:
     _fill(sender)
     await pull()
-    stored = await get_position(relay.store, SOURCE, "locations")
+    stored = await relay.store.get_position(SOURCE, "locations")
     # the newest last_updated seen (older than the pass start minus the overlap)
     assert stored is not None and stored.position == datetime(2024, 6, 1, 10, 0, 59, tzinfo=UTC)
     sender.requests.clear()
@@ -184,7 +183,7 @@ async def test_position_never_passes_the_pass_start_minus_the_overlap(relay: Rel
     sender.put("tariffs", tariff("T-FUTURE", future.strftime("%Y-%m-%dT%H:%M:%SZ")))
     started = datetime.now(UTC)
     await pull()
-    stored = await get_position(relay.store, SOURCE, "tariffs")
+    stored = await relay.store.get_position(SOURCE, "tariffs")
     assert stored is not None and stored.position is not None
     assert started - SAFETY_OVERLAP <= stored.position <= datetime.now(UTC) - SAFETY_OVERLAP
 

@@ -15,7 +15,6 @@ from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import open_store
 from relay.store.base import StateKey
-from relay.store.positions import get_positions
 from tests.conftest import eventually, start_relay, stop_relay
 from tests.pull.conftest import PULL_TOKEN, SOURCE, FakeSender, at, location
 
@@ -128,7 +127,7 @@ async def test_relay_pull_without_once_runs_the_schedule_until_interrupted(
     store = open_store(database_url)
     try:
         async def every_module_pulled() -> bool:
-            positions = await get_positions(store, SOURCE)
+            positions = await store.get_positions(SOURCE)
             return all((positions[m].last_status or "").startswith("ok") for m in
                        ("locations", "sessions", "cdrs", "tariffs") if m in positions) and len(positions) == 4
 
