@@ -52,7 +52,6 @@ from relay.store.sql import SqlStore
 
 if TYPE_CHECKING:
     from relay.routing.holder import ConfigHolder
-    from relay.runtime import Part, RunInfo
     from relay.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -80,25 +79,21 @@ RECORD_PAUSE_MAX = 2.0
 LEASE_SAFETY = 5.0
 
 
-def delivery_part(settings: Settings, store: SqlStore, holder: ConfigHolder, info: RunInfo) -> Part:
-    """The runtime part: workers for every configured target until ``stop``, then drain."""
-
-    async def part(stop: asyncio.Event) -> None:
-        # No connection cap in aiohttp: per-target concurrency is the limit, so a slow partner
-        # holding its connections cannot starve another target's sends.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        # The workers' outbox transactions run on a thread of their own on SQLite (see Outbox).
-        outbox = Outbox(store, own_thread=True)
-        try:
-            async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
-                dispatcher = Dispatcher(outbox, holder, session, owner=settings.instance,
-                                        claim_max=settings.delivery_concurrency)
-                holder.on_change(lambda _cfg: dispatcher.reconfigure())
-                await dispatcher.run(stop)
-        finally:
-            await outbox.close()
-
-    return part
+async def run_workers(settings: Settings, store: SqlStore, holder: ConfigHolder, stop: asyncio.Event) -> None:
+    """Delivery workers for every configured target until ``stop``, then drain (a part of `relay serve`)."""
+    # No connection cap in aiohttp: per-target concurrency is the limit, so a slow partner
+    # holding its connections cannot starve another target's sends.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    # The workers' outbox transactions run on a thread of their own on SQLite (see Outbox).
+    outbox = Outbox(store, own_thread=True)
+    try:
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
+            dispatcher = Dispatcher(outbox, holder, session, owner=settings.instance,
+                                    claim_max=settings.delivery_concurrency)
+            holder.on_change(lambda _cfg: dispatcher.reconfigure())
+            await dispatcher.run(stop)
+    finally:
+        await outbox.close()
 
 
 @dataclass(slots=True)
@@ -649,4 +644,4 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-__all__ = ["Dispatcher", "OutcomeWriter", "TargetLoop", "delivery_part"]
+__all__ = ["Dispatcher", "OutcomeWriter", "TargetLoop", "run_workers"]
