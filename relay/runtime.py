@@ -18,12 +18,16 @@ from typing import Any
 
 import uvicorn
 
+from relay.deliver.worker import run_workers
 from relay.http.app import create_app
 from relay.http.protocol import EdgeLimitedHttpToolsProtocol
+from relay.ingest import Ingestor
 from relay.log import ports_logger
+from relay.pull.scheduler import run_schedule
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import Store, open_store
+from relay.stream.server import serve_grpc
 
 logger = logging.getLogger(__name__)
 GC_THRESHOLD = 20_000  # young-generation allocations between collections (default 700)
@@ -170,16 +174,18 @@ async def _announce_ready(info: RunInfo) -> None:
 
 
 def optional_parts(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> list[Part]:
-    """gRPC stream, delivery workers and pull schedule, each switchable by a flag."""
+    """gRPC stream, delivery workers and pull schedule, each switchable by a flag. The packages know
+    nothing of the runtime: each offers one coroutine that serves until ``stop``, wired here."""
     parts: list[Part] = []
     if settings.grpc:
-        from relay.stream.server import grpc_part
+        info.expected.add("grpc")
 
-        parts.append(grpc_part(settings, store, holder, info))
+        def grpc_bound(port: int) -> None:
+            info.ports["grpc"] = port
+
+        parts.append(lambda stop: serve_grpc(settings, store, holder, stop, bound=grpc_bound))
     if settings.workers:
-        from relay.deliver.worker import delivery_part
-        from relay.pull.scheduler import pull_part
-
-        parts.append(delivery_part(settings, store, holder, info))
-        parts.append(pull_part(settings, store, holder, info))
+        parts.append(lambda stop: run_workers(settings, store, holder, stop))
+        ingestor = Ingestor.from_settings(store, holder, settings)
+        parts.append(lambda stop: run_schedule(store, ingestor, holder, stop))
     return parts

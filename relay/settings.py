@@ -51,6 +51,48 @@ def _bool(name: str, value: str) -> bool:
     raise ConfigError([f"{name}: expected a boolean, got {value!r}"])
 
 
+# One line of help per setting: `relay serve --help` shows it with the env name and the real default,
+# and every setting is a flag (relay.cli.options builds them from this table and the dataclass).
+HELP: dict[str, str] = {
+    "database_url": "sqlite:///relative.db, sqlite:////abs/path.db or postgresql://user@host:5432/db",
+    "config": "forwarding.yaml path: subscriptions, stream clients, targets, rules, pull sources",
+    "http_host": "receiver bind address",
+    "http_port": "receiver port, 0 = any free (logged as http_listening)",
+    "grpc_host": "gRPC bind address",
+    "grpc_port": "gRPC port, 0 = any free (logged as grpc_listening)",
+    "base_path": "receiver path prefix, e.g. /ocpi/emsp/2.1.1 (ops endpoints stay at the root)",
+    "max_body_bytes": "largest accepted body; larger ones get 413",
+    "max_json_depth": "deepest accepted JSON nesting; deeper bodies get 400 / 2001",
+    "batch_max": "most requests one group commit carries",
+    "db_pool_size": "database connection pool size",
+    "db_timeout": "seconds before a database call counts as failed",
+    "log_level": "log level of the JSON logs on stderr",
+    "http": "run the HTTP receiver",
+    "grpc": "run the gRPC stream server",
+    "workers": "run delivery workers and pull schedules",
+    "migrate": "apply database migrations at start",
+    "delivery_concurrency": "deliveries one outbox claim takes at most per target",
+    "event_loop": "auto (uvloop when installed), asyncio or uvloop",
+    "instance": "this process's name in outbox claims (default: host name and process id)",
+    "write_queue_max_bytes": "bytes of pushes waiting for a group commit at most",
+    "write_queue_timeout": "seconds a push waits for room in a full write queue, then 503 / 3000",
+    "max_clock_skew": "seconds a last_updated may lie ahead of the relay's clock; later ones get 400 / 2001",
+    "max_object_bytes": "largest merged object in JSON bytes; a PATCH growing one past it gets 400 / 2001",
+    "grpc_max_streams_per_client": "open Subscribe streams per stream client; more get RESOURCE_EXHAUSTED",
+    "http_header_timeout": "seconds a client has to send a request's headers, then 408 and close",
+    "http_body_timeout": "seconds a client has to send a request's body, then 408 and close",
+    "http_keepalive_timeout": "seconds an idle kept-alive receiver connection stays open",
+    "http_max_header_bytes": "largest request line + headers; larger get 431 and the connection is closed",
+    "http_max_connections": "open receiver connections at most; more are closed at once",
+}
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment: the one place the relay reads it (settings, secrets named in
+    forwarding.yaml, the CLI's token variables), so tests and callers can hand in their own."""
+    return os.environ
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `relay serve` needs besides forwarding.yaml. Env names are RELAY_<FIELD>."""
@@ -99,7 +141,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then RELAY_* env, then explicit overrides (flags); validated."""
-        env = os.environ if env is None else env
+        env = environ() if env is None else env
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             key = f"RELAY_{f.name.upper()}"

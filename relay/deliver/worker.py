@@ -20,26 +20,21 @@ from relay.store.base import Store
 
 if TYPE_CHECKING:
     from relay.routing.holder import ConfigHolder
-    from relay.runtime import Part, RunInfo
     from relay.settings import Settings
 
 
-def delivery_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
-    """The runtime part: workers for every configured target until ``stop``, then drain."""
-
-    async def part(stop: asyncio.Event) -> None:
-        # No connection cap in aiohttp: per-target concurrency is the limit, so a slow partner
-        # holding its connections cannot starve another target's sends.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        # The workers' outbox transactions run on a thread of their own on SQLite (see Outbox).
-        outbox = store.outbox(own_thread=True)
-        try:
-            async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
-                dispatcher = Dispatcher(outbox, holder, session, owner=settings.instance,
-                                        claim_max=settings.delivery_concurrency)
-                holder.on_change(lambda _cfg: dispatcher.reconfigure())
-                await dispatcher.run(stop)
-        finally:
-            await outbox.close()
-
-    return part
+async def run_workers(settings: Settings, store: Store, holder: ConfigHolder, stop: asyncio.Event) -> None:
+    """Delivery workers for every configured target until ``stop``, then drain (a part of `relay serve`)."""
+    # No connection cap in aiohttp: per-target concurrency is the limit, so a slow partner
+    # holding its connections cannot starve another target's sends.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    # The workers' outbox transactions run on a thread of their own on SQLite (see Outbox).
+    outbox = store.outbox(own_thread=True)
+    try:
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
+            dispatcher = Dispatcher(outbox, holder, session, owner=settings.instance,
+                                    claim_max=settings.delivery_concurrency)
+            holder.on_change(lambda _cfg: dispatcher.reconfigure())
+            await dispatcher.run(stop)
+    finally:
+        await outbox.close()

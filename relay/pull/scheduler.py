@@ -16,35 +16,19 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
 from relay.ingest import Ingestor
 from relay.pull.client import RetryPolicy
 from relay.pull.sync import ResumePoint, pull_source
-from relay.routing.holder import ConfigHolder
 from relay.routing.model import PullSource, RoutingConfig
-from relay.settings import Settings
 from relay.store import Store
-
-if TYPE_CHECKING:  # runtime imports this module; only the type names go the other way
-    from relay.runtime import Part, RunInfo
 
 logger = logging.getLogger(__name__)
 
 FIRST_RUN_JITTER = 2.0  # seconds: "promptly", yet replicas started together do not pull in lockstep
 INTERVAL_JITTER = 0.1  # each later pass at interval x (1 +- 10 %), as §8 asks ("with jitter")
 CONFIG_CHECK = 5.0  # seconds between looks for pull sources added to or removed from forwarding.yaml
-
-
-def pull_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
-    """The runtime Part running the pull schedule until ``stop`` is set."""
-
-    async def part(stop: asyncio.Event) -> None:
-        ingestor = Ingestor.from_settings(store, holder, settings)
-        await run_schedule(store, ingestor, holder, stop)
-
-    return part
 
 
 async def run_schedule(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -24,7 +25,6 @@ from relay.stream.service import CLIENT_DEFAULT_LIMIT, SERVICE_NAME, RelayServic
 
 if TYPE_CHECKING:
     from relay.routing.holder import ConfigHolder
-    from relay.runtime import Part, RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -85,45 +85,42 @@ async def _watch_database(store: Store, servicer: health.aio.HealthServicer, las
         last = await _check_database(store, servicer, last)
 
 
-def grpc_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
-    """The gRPC server as a runtime part: binds at start, serves until ``stop``, then ends every stream."""
-    info.expected.add("grpc")
-
-    async def serve(stop: asyncio.Event) -> None:
-        hub = Hub(store, to_event)
-        await hub.start()
-        logging.getLogger("grpc._cython.cygrpc").addFilter(_DISCONNECT_NOISE)  # once: the same object
-        server = grpc.aio.server(options=_options(settings))
-        service = RelayService(store, holder, hub, max_streams_per_client=settings.grpc_max_streams_per_client)
-        pb_grpc.add_RelayServicer_to_server(service, server)  # type: ignore[no-untyped-call]  # generated code
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        # A reload may narrow a client's scope: wake idle subscribers so they re-check it now.
-        holder.on_change(lambda _cfg: hub.poke())
-        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-        if port == 0:
-            raise OSError(f"cannot bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
-        status = await _check_database(store, health_servicer, None)  # answered from the first Check on
-        await server.start()
-        background = [
-            asyncio.create_task(hub.run(), name="grpc-hub"),
-            asyncio.create_task(_watch_database(store, health_servicer, status, HEALTH_INTERVAL), name="grpc-health"),
-        ]
-        info.ports["grpc"] = port
-        ports_logger.info("grpc_listening", extra={"host": settings.grpc_host, "port": port})
-        try:
-            await stop.wait()
-        finally:
-            await health_servicer.enter_graceful_shutdown()
-            hub.close()  # open streams end with UNAVAILABLE ("resubscribe after your last seq")
-            await server.stop(SHUTDOWN_GRACE)
-            await hub.drain()
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            logger.info("grpc stopped")
-
-    return serve
+async def serve_grpc(settings: Settings, store: Store, holder: ConfigHolder, stop: asyncio.Event, *,
+                     bound: Callable[[int], None]) -> None:
+    """The gRPC server, a part of `relay serve`: binds (``bound(port)`` once listening), serves until
+    ``stop``, then ends every stream."""
+    hub = Hub(store, to_event)
+    await hub.start()
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_DISCONNECT_NOISE)  # once: the same object
+    server = grpc.aio.server(options=_options(settings))
+    service = RelayService(store, holder, hub, max_streams_per_client=settings.grpc_max_streams_per_client)
+    pb_grpc.add_RelayServicer_to_server(service, server)  # type: ignore[no-untyped-call]  # generated code
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # A reload may narrow a client's scope: wake idle subscribers so they re-check it now.
+    holder.on_change(lambda _cfg: hub.poke())
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
+    status = await _check_database(store, health_servicer, None)  # answered from the first Check on
+    await server.start()
+    background = [
+        asyncio.create_task(hub.run(), name="grpc-hub"),
+        asyncio.create_task(_watch_database(store, health_servicer, status, HEALTH_INTERVAL), name="grpc-health"),
+    ]
+    bound(port)
+    ports_logger.info("grpc_listening", extra={"host": settings.grpc_host, "port": port})
+    try:
+        await stop.wait()
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        hub.close()  # open streams end with UNAVAILABLE ("resubscribe after your last seq")
+        await server.stop(SHUTDOWN_GRACE)
+        await hub.drain()
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        logger.info("grpc stopped")

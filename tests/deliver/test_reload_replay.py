@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.deliver.cli import replay
+from relay.cli.dead import replay
 from tests.conftest import BASE_CONFIG, SESSION_ID, RelayHandle, eventually
 from tests.deliver.conftest import (
     PartnerSink,

@@ -9,7 +9,7 @@ import json
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from relay.deliver.cli import dead_list, dead_retry, dead_show
+from relay.cli.dead import dead_list, dead_retry, dead_show
 from relay.metrics import REGISTRY
 from tests.conftest import SESSION_ID, RelayHandle, eventually, example_bytes
 from tests.deliver.conftest import (

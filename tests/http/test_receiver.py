@@ -337,7 +337,7 @@ async def test_request_id_is_echoed(relay: RelayHandle) -> None:
 
 
 async def test_rejected_push_replays_after_the_subscription_is_fixed(relay: RelayHandle, config_path: Any) -> None:
-    from relay.commands import rejected_replay
+    from relay.cli.operate import rejected_replay
 
     ans = await relay.put(f"/locations/DE/XYZ/{LOC_ID}", example("location_full.json"))
     assert ans.status == 403

@@ -1,53 +1,32 @@
-"""What the operator commands do (the CLI only parses and calls these)."""
+"""Operator commands on the database and the config: migrate, status, rejected, check-config."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
-import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 
-from relay.errors import ConfigError, OcpiError
+from relay.cli.options import add_common_options, settings_from_args
+from relay.cli.output import json_text, printable
+from relay.errors import OcpiError
 from relay.ingest import Ingestor, Push, Source
+from relay.log import setup_logging
 from relay.ocpi.paths import resolve
 from relay.routing.describe import describe
 from relay.routing.holder import ConfigHolder
 from relay.routing.loader import check_config as _check
 from relay.routing.loader import load_config
-from relay.settings import Settings
+from relay.settings import Settings, environ
 from relay.store import Store, open_store
 
-# Text from the wire (paths, reasons, partner answers, consumer names) reaches the operator's
-# terminal escaped: C0 (tab and newline too: they are the tables' separators), DEL, C1 and the
-# bidi/line-separator controls, so nothing printed can move the cursor, retitle the window, or
-# hide or reorder text. JSON output gets the same as JSON escapes (orjson escapes C0 itself).
-_UNSAFE = (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-_TEXT_ESCAPES = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _UNSAFE}
-_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0x20}
 
-
-def printable(value: object) -> str:
-    """``value`` as text that is safe to print on a terminal (unsafe characters as ``\\x1b`` etc.)."""
-    text = value if isinstance(value, str) else str(value)
-    return text if text.isprintable() else text.translate(_TEXT_ESCAPES)
-
-
-def json_safe(text: str) -> str:
-    """JSON text with the control characters JSON lets through raw (DEL, C1, ...) as ``\\u`` escapes."""
-    return text if text.isascii() and "\x7f" not in text else text.translate(_JSON_ESCAPES)
-
-
-def json_text(data: Any) -> str:
-    """Indented JSON for the operator; every control character is a JSON escape."""
-    return json_safe(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
-
-
-def _out(data: Any) -> None:
+def _print(data: Any) -> None:
     sys.stdout.write(json_text(data) + "\n")
 
 
@@ -63,7 +42,7 @@ async def opened(settings: Settings, *, writer: bool = False) -> AsyncIterator[S
 
 
 def check_config(args: argparse.Namespace) -> int:
-    path = args.path or os.environ.get("RELAY_CONFIG") or "forwarding.yaml"
+    path = args.path or environ().get("RELAY_CONFIG") or "forwarding.yaml"
     problems = _check(path)
     if problems:
         for line in problems:
@@ -71,7 +50,7 @@ def check_config(args: argparse.Namespace) -> int:
         return 1
     cfg = load_config(path)
     if args.json:
-        _out(describe(cfg))
+        _print(describe(cfg))
     else:
         sys.stdout.write(
             f"{printable(path)}: ok ({len(cfg.subscriptions)} subscriptions, {len(cfg.stream_clients)} stream clients, "
@@ -91,7 +70,7 @@ async def status(settings: Settings, *, as_json: bool) -> int:
     async with opened(settings) as store:
         stats = await store.stats()
     if as_json:
-        _out(stats)
+        _print(stats)
         return 0
     w = sys.stdout.write
     w(f"events: {stats['events']} (last seq {stats['last_seq']}); by status: {printable(stats['events_by_status'])}\n")
@@ -109,7 +88,7 @@ async def rejected_list(settings: Settings, *, as_json: bool, only_open: bool, l
     async with opened(settings) as store:
         rows = await store.list_rejected(limit, only_open=only_open)
     if as_json:
-        _out([r.summary() for r in rows])
+        _print([r.summary() for r in rows])
         return 0
     for r in rows:
         replayed = f" replayed {r.replayed_at:%Y-%m-%d %H:%M:%S}" if r.replayed_at else ""
@@ -131,7 +110,7 @@ async def rejected_show(settings: Settings, rejected_id: int) -> int:
         data["body"] = orjson.loads(r.body)
     except orjson.JSONDecodeError:
         data["body_raw"] = r.body.decode("utf-8", "replace")
-    _out(data)
+    _print(data)
     return 0
 
 
@@ -154,7 +133,7 @@ async def rejected_replay(settings: Settings, ids: list[int], *, replay_all: boo
     for i in sorted(missing):
         results.append({"id": i, "ok": False, "status_code": None, "message": "no such rejected request"})
     if as_json:
-        _out(results)
+        _print(results)
     else:
         for res in results:
             sys.stdout.write(f"{res['id']}\t{'ok' if res['ok'] else 'refused'}\t{res['status_code']}\t"
@@ -201,7 +180,55 @@ async def _replay_pulled(store: Store, ingestor: Ingestor, holder: ConfigHolder,
     return outcome.ok, outcome.status_code, outcome.message
 
 
-__all__ = [
-    "ConfigError", "check_config", "json_safe", "json_text", "migrate", "printable", "rejected_list", "rejected_replay",
-    "rejected_show", "status",
-]
+def register(subparsers: Any) -> None:
+    """`relay migrate`, `relay check-config`, `relay status`, `relay rejected list|show|replay`."""
+    p = subparsers.add_parser("migrate", help="apply database migrations and exit")
+    add_common_options(p)
+    p.set_defaults(func=lambda a: _run_async(a, migrate(_settings(a))))
+
+    p = subparsers.add_parser("check-config", help="validate forwarding.yaml (exit 1 with file:line: message)")
+    p.add_argument("path", nargs="?", help="file to check (default: RELAY_CONFIG or forwarding.yaml)")
+    p.add_argument("--json", action="store_true", help="print the effective config (secrets masked) as JSON")
+    p.set_defaults(func=check_config)
+
+    p = subparsers.add_parser("status", help="event count, last seq, outbox per target, consumer lags")
+    add_common_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=lambda a: _run_async(a, status(_settings(a), as_json=a.json)))
+
+    rej = subparsers.add_parser("rejected", help="refused requests: list, show, replay")
+    rsub = rej.add_subparsers(dest="rejected_command", metavar="ACTION", required=True)
+    p = rsub.add_parser("list", help="list refused requests")
+    add_common_options(p)
+    p.add_argument("--json", action="store_true", help="JSON array of objects")
+    p.add_argument("--open", action="store_true", help="only those not replayed yet")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    p.set_defaults(func=lambda a: _run_async(a, rejected_list(_settings(a), as_json=a.json, only_open=a.open,
+                                                               limit=a.limit)))
+    p = rsub.add_parser("show", help="one refused request with its body")
+    add_common_options(p)
+    p.add_argument("id", type=int, help="rejected id")
+    p.set_defaults(func=lambda a: _run_async(a, rejected_show(_settings(a), a.id)))
+    p = rsub.add_parser("replay", help="run refused pushes through scope and validation again")
+    add_common_options(p)
+    p.add_argument("ids", nargs="*", type=int, help="rejected ids")
+    p.add_argument("--all", action="store_true", help="every refused request not replayed yet")
+    p.add_argument("--json", action="store_true", help="JSON array of results")
+    p.set_defaults(func=_replay_command)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = settings_from_args(args)
+    setup_logging(settings.log_level if args.log_level else "WARNING")
+    return settings
+
+
+def _run_async(_args: argparse.Namespace, coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+def _replay_command(args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        sys.stderr.write("relay rejected replay: give ids or --all\n")
+        return 2
+    return asyncio.run(rejected_replay(_settings(args), args.ids, replay_all=args.all, as_json=args.json))

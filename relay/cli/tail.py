@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,7 +15,8 @@ import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from relay.commands import json_safe, printable
+from relay.cli.output import json_safe, printable
+from relay.settings import environ
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 
@@ -102,7 +102,7 @@ def event_json(event: pb.Event) -> bytes:
 
 def tail_command(args: argparse.Namespace) -> int:
     """Entry point of `relay tail`: exit 0 on Ctrl-C, 1 when the stream fails, 2 on usage errors."""
-    token = os.environ.get(args.token_env, "")
+    token = environ().get(args.token_env, "")
     if not token:
         sys.stderr.write(f"relay tail: set {args.token_env} to a stream client's token (or use --token-env)\n")
         return 2
@@ -114,7 +114,7 @@ def tail_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"relay tail: {printable(exc)}\n")
         return 2
-    target = args.target or f"127.0.0.1:{os.environ.get('RELAY_GRPC_PORT') or 50051}"
+    target = args.target or f"127.0.0.1:{environ().get('RELAY_GRPC_PORT') or 50051}"
     return asyncio.run(_tail_until_interrupted(target, token, request, args.consumer if args.commit else None))
 
 

@@ -16,7 +16,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from relay.commands import printable
+from relay.cli.options import add_common_options, settings_from_args
+from relay.cli.output import printable
 from relay.ingest import Ingestor
 from relay.log import setup_logging
 from relay.pull.scheduler import run_schedule
@@ -34,12 +35,8 @@ def register(subparsers: Any) -> None:
         "pull", help="pull from GreenFlux's sender interface to repair lost pushes",
         description="Pull the configured `pull` sources of forwarding.yaml: incremental from each "
                     "module's stored position (full on the first pass or with --full).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    # the same option names as the other subcommands (relay.cli.add_common_options)
-    p.add_argument("--database-url", help="database URL (env RELAY_DATABASE_URL; default sqlite:///relay.db)")
-    p.add_argument("--config", help="forwarding.yaml path (env RELAY_CONFIG; default forwarding.yaml)")
-    p.add_argument("--log-level", help="log level (env RELAY_LOG_LEVEL; default INFO, WARNING with --once)")
+    add_common_options(p)  # (log level: WARNING with --once unless given)
     p.add_argument("--once", action="store_true", help="one pass of each source with a progress bar, then exit")
     p.add_argument("--source", metavar="NAME", help="only the pull source called NAME (all sources when not given)")
     p.add_argument("--full", action="store_true",
@@ -49,7 +46,7 @@ def register(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run `relay pull`; returns the exit code."""
-    settings = Settings.from_env(database_url=args.database_url, config=args.config, log_level=args.log_level)
+    settings = settings_from_args(args)
     setup_logging(settings.log_level if args.log_level or not args.once else "WARNING")
     if args.full and not args.once:
         sys.stderr.write("relay pull: --full only goes with --once\n")

@@ -14,8 +14,9 @@ from typing import Any, TextIO
 
 import orjson
 
-from relay.cli import add_common_options, settings_from_args
-from relay.commands import json_text, opened, printable
+from relay.cli.operate import opened
+from relay.cli.options import add_common_options, settings_from_args
+from relay.cli.output import json_text, printable
 from relay.log import setup_logging
 from relay.routing.loader import load_config
 from relay.routing.model import RoutingConfig
@@ -29,23 +30,22 @@ REPLAY_PAGE = 1000
 
 def register(subparsers: Any) -> None:
     """Add `dead` (list, show, retry) and `replay` to the `relay` parser."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    dead = subparsers.add_parser("dead", help="dead deliveries: list, show, retry", formatter_class=fmt)
+    dead = subparsers.add_parser("dead", help="dead deliveries: list, show, retry")
     dsub = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
 
-    p = dsub.add_parser("list", help="list dead deliveries, oldest first", formatter_class=fmt)
+    p = dsub.add_parser("list", help="list dead deliveries, oldest first")
     add_common_options(p)
     p.add_argument("--target", help="only this target")
     p.add_argument("--json", action="store_true", help="JSON array of objects")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     p.set_defaults(func=lambda a: _run(a, dead_list(settings_from_args(a), target=a.target, as_json=a.json, limit=a.limit)))
 
-    p = dsub.add_parser("show", help="one delivery with its event, as a JSON object", formatter_class=fmt)
+    p = dsub.add_parser("show", help="one delivery with its event, as a JSON object")
     add_common_options(p)
     p.add_argument("id", type=int, help="delivery id (see `relay dead list`)")
     p.set_defaults(func=lambda a: _run(a, dead_show(settings_from_args(a), a.id)))
 
-    p = dsub.add_parser("retry", help="send dead deliveries again (attempts reset, due now)", formatter_class=fmt)
+    p = dsub.add_parser("retry", help="send dead deliveries again (attempts reset, due now)")
     add_common_options(p)
     p.add_argument("ids", nargs="*", type=int, help="delivery ids")
     p.add_argument("--all", action="store_true", help="every dead delivery (of --target, if given)")
@@ -54,12 +54,12 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_dead_retry_args)
 
     p = subparsers.add_parser(
-        "replay", formatter_class=fmt,
+        "replay",
         help="queue applied events again for one target under the current rules (also backfills a new target)",
     )
     add_common_options(p)
     p.add_argument("--target", required=True, help="target name from forwarding.yaml")
-    p.add_argument("--from-seq", type=int, default=1, help="first seq to replay")
+    p.add_argument("--from-seq", type=int, default=1, help="first seq to replay (default 1)")
     p.add_argument("--to-seq", type=int, default=None, help="last seq to replay (default: the last one at start)")
     p.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     p.set_defaults(func=lambda a: _run(a, replay(settings_from_args(a), a.target, from_seq=a.from_seq, to_seq=a.to_seq,
