@@ -19,7 +19,7 @@ from relay.ocpi.paths import MODULES
 from relay.routing.fields import is_null, name_of
 from relay.routing.model import TARGET_TYPES, PullSource, RoutingConfig, StreamClient, Subscription, Target
 from relay.routing.rule_reader import RuleReader
-from relay.settings import Secret
+from relay.settings import Secret, environ
 
 _SECTIONS = ("subscriptions", "stream_clients", "targets", "rules", "pull")
 _HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -37,7 +37,7 @@ _TARGET_KEYS = frozenset(
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> RoutingConfig:
     """Read and check forwarding.yaml; raise ConfigError listing every ``file:line: message``.
 
-    Secrets are read from ``env`` (default: os.environ) under the names the file gives.
+    Secrets are read from ``env`` (default: the process environment) under the names the file gives.
     """
     name = os.fspath(path)
     try:
@@ -55,7 +55,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([f"{name}:{line}: YAML syntax: {exc.problem or exc.context}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{name}:1: YAML syntax: {exc}"]) from None
-    reader = _ConfigReader(name, os.environ if env is None else env)
+    reader = _ConfigReader(name, environ() if env is None else env)
     config = reader.read(root)
     if reader.problems:
         raise ConfigError(reader.problems)
