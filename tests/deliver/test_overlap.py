@@ -19,8 +19,9 @@ import pytest
 from relay.deliver.worker import SendSlots
 from relay.store import SqlStore, open_store
 from relay.store.outbox import NewOutboxRow, Outbox, OutcomeWrite
-from tests.conftest import SESSION_ID, RelayHandle
-from tests.deliver.conftest import PartnerSink, Received, Reply, put_session, until
+from tests.conftest import SESSION_ID, RelayHandle, eventually
+from tests.deliver.conftest import put_session
+from tests.servers import PartnerSink, Received, Reply
 
 ONE_AT_A_TIME = """
 targets:
@@ -105,7 +106,7 @@ async def test_many_claimed_chains_still_send_one_at_a_time_and_in_order_per_obj
     for version in range(3):
         for sid in ids:
             await put_session(relay, sid, kwh=float(version + 1))
-    await until(lambda: len(partner_sink.accepted()) == 18)
+    await eventually(lambda: len(partner_sink.accepted()) == 18)
     assert partner_sink.max_in_flight == 1
     seqs: dict[str, list[int]] = {}
     for rec in partner_sink.accepted():
