@@ -59,7 +59,10 @@ async def test_kill_9_under_load_loses_no_acknowledged_push(
         proc = await spawn_relay(env, want=("http", "grpc"))
         stop = asyncio.Event()
         load = asyncio.create_task(_hammer(proc.url, round_no, acked, stop))
-        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        # kill at a random point of the load, counted in acknowledged pushes (not seconds, which a
+        # busy machine turns into no load at all)
+        kill_at = len(acked) + rng.randint(300, 3000)
+        await eventually(lambda n=kill_at, task=load: len(acked) >= n or task.done(), timeout=60)
         proc.kill()
         await proc.proc.wait()
         stop.set()

@@ -55,16 +55,15 @@ async def test_send_slots_hold_at_most_capacity_and_hand_over_in_arrival_order()
         order.append(n)
 
     tasks = [asyncio.create_task(waiter(n)) for n in range(3)]
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn, no time: each waiter runs up to its queued acquire
     assert order == [] and slots.held == 2
     slots.release()
-    await asyncio.sleep(0.01)
-    assert order == [0] and slots.held == 2
+    await eventually(lambda: order == [0])
+    assert slots.held == 2
     slots.release()
     slots.release()
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert order == [0, 1, 2] and slots.held == 2
-    await asyncio.gather(*tasks)
 
 
 async def test_send_slots_follow_a_resize_and_pass_on_a_slot_handed_to_a_cancelled_waiter() -> None:
@@ -72,10 +71,10 @@ async def test_send_slots_follow_a_resize_and_pass_on_a_slot_handed_to_a_cancell
     await slots.acquire()
     first = asyncio.create_task(slots.acquire())
     second = asyncio.create_task(slots.acquire())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn, no time: both are queued
     slots.resize(2)  # a reload raised concurrency: one waiter gets in at once
-    await asyncio.sleep(0.01)
-    assert first.done() and not second.done() and slots.held == 2
+    await asyncio.wait_for(first, 10)
+    assert not second.done() and slots.held == 2
     slots.release()  # handed to ``second`` ...
     second.cancel()  # ... which is cancelled before it runs: the slot must not leak
     with pytest.raises(asyncio.CancelledError):
@@ -83,7 +82,7 @@ async def test_send_slots_follow_a_resize_and_pass_on_a_slot_handed_to_a_cancell
     assert slots.held == 1
     slots.resize(1)
     third = asyncio.create_task(slots.acquire())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn, no time: ``third`` is queued
     assert not third.done()  # back at capacity 1 with one holder
     slots.release()
     await asyncio.wait_for(third, 1)
@@ -98,7 +97,7 @@ async def test_many_claimed_chains_still_send_one_at_a_time_and_in_order_per_obj
     relay: RelayHandle, partner_sink: PartnerSink
 ) -> None:
     async def slowish(_rec: Received, _n: int) -> Reply:
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the partner's own pace (so requests could overlap), not a synchronisation
         return 200, None, {}
 
     partner_sink.answer = slowish
@@ -166,25 +165,22 @@ async def test_two_own_thread_outboxes_never_share_a_row_nor_an_object(database_
         claimed_ids: list[int] = []
 
         async def worker(outbox: Outbox, name: str) -> None:
-            idle = 0
-            while idle < 20:
+            while sum(map(len, done_order.values())) < 48:
                 got = await outbox.claim("t", 3, name, 30, chain=3)
                 if not got:
-                    idle += 1
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # a worker's idle poll: the other one holds what is left
                     continue
-                idle = 0
                 for c in got:
                     owner = in_flight.setdefault(c.object_key, name)
                     assert owner == name, f"{c.object_key} claimed by {owner} and {name}"
                     claimed_ids.append(c.id)
-                await asyncio.sleep(random.uniform(0, 0.01))
+                await asyncio.sleep(random.uniform(0, 0.01))  # the send: lets the other replica's claims interleave
                 for c in got:
                     done_order.setdefault(c.object_key, []).append(c.seq)
                     in_flight.pop(c.object_key, None)
                 await outbox.record([OutcomeWrite(c.id, "done", 1, _now()) for c in got], name)
 
-        await asyncio.gather(worker(outboxes[0], "w1"), worker(outboxes[1], "w2"))
+        await asyncio.wait_for(asyncio.gather(worker(outboxes[0], "w1"), worker(outboxes[1], "w2")), 60)
         assert sorted(claimed_ids) == list(range(1, 49))
         assert all(seqs == sorted(seqs) and len(seqs) == 8 for seqs in done_order.values())
     finally:

@@ -88,7 +88,7 @@ class FaultServer:
             assert not isinstance(mode, str)
             delay, raw = mode
             if delay:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the partner is slow: the scenario, not a synchronisation
             writer.write(raw)
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -249,16 +249,20 @@ async def test_400_goes_dead_and_dead_retry_delivers_once_the_partner_is_fixed(
 async def test_a_slow_target_keeps_its_concurrency_and_does_not_slow_another(
     relay: RelayHandle, partner_sink: PartnerSink, other_sink: PartnerSink
 ) -> None:
-    async def slow(_rec: Received, _n: int) -> Reply:
-        await asyncio.sleep(0.2)  # the partner is slow, not the test
+    release = asyncio.Event()
+
+    async def stuck(_rec: Received, _n: int) -> Reply:
+        await release.wait()  # the slow partner answers nothing until the fast one has had everything
         return 200, None, {}
 
-    partner_sink.answer = slow
+    partner_sink.answer = stuck
     other_sink.answer = ok
     for i in range(12):
         await put_session(relay, f"{SESSION_ID[:-2]}{i:02d}")
     await eventually(lambda: len(other_sink.accepted()) == 12)
-    assert len(partner_sink.accepted()) < 12  # 12 sends at 2 x 0.2 s each cannot be done yet
+    await eventually(lambda: partner_sink.in_flight == 2)  # its concurrency, all held
+    assert partner_sink.accepted() == []
+    release.set()
     await eventually(lambda: len(partner_sink.accepted()) == 12)
     assert partner_sink.max_in_flight == 2
 
