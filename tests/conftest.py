@@ -7,6 +7,7 @@ import base64
 import contextlib
 import inspect
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -447,3 +448,40 @@ async def append_lock_held(database_url: str) -> AsyncIterator[None]:
     finally:
         await pg.execute("SELECT pg_advisory_unlock($1)", APPEND_LOCK)
         await pg.close()
+
+
+# -- asyncio debug mode: a callback that holds the loop fails the test ---------------------------------
+
+class SlowCallbacks(logging.Handler):
+    """Collects asyncio's "Executing <handle> took 0.xxx seconds" warnings (debug mode only)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing "):
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_slow_callbacks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under ``pytest --asyncio-debug`` every test's event loop runs in asyncio debug mode, and a
+    callback that keeps the loop longer than ``slow_callback_duration`` (0.1 s), that is a blocking
+    call, fails the test."""
+    if not (request.config.getoption("asyncio_debug") or request.config.getini("asyncio_debug")):
+        yield
+        return
+    handler = SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever level the relay's log set-up gave the root logger
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    if handler.messages:
+        pytest.fail("slow callbacks in asyncio debug mode:\n" + "\n".join(handler.messages), pytrace=False)
