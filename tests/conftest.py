@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
+import logging
 import os
 import secrets
 import sqlite3
 import textwrap
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from relay.runtime import RunInfo, run
 from relay.settings import Settings
 from relay.store import SqlStore, async_url
 from relay.store.migrate import upgrade_to_head
+from tests.servers import PartnerSink
 
 EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "ocpi"
 PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -54,11 +55,16 @@ def example_bytes(name: str) -> bytes:
     return (EXAMPLES / name).read_bytes()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, interval: float = 0.05) -> None:
-    """Poll ``check`` until it is true; fail after ``timeout`` seconds (no fixed sleeps in tests)."""
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 20.0,
+                     interval: float = 0.05) -> None:
+    """Poll ``check`` (a plain or an async predicate) until it is true; fail after ``timeout`` seconds.
+    The one way a test waits for something to happen: never a fixed sleep."""
     deadline = time.monotonic() + timeout
     while True:
-        if await check():
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
@@ -305,38 +311,30 @@ async def spawn_relay(env: dict[str, str], *args: str, want: tuple[str, ...] = (
     return handle
 
 
-# -- a webhook partner that records what it receives ------------------------------------------------
-
-
-class Sink:
-    """A partner webhook endpoint that records what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.ids: Counter[str] = Counter()
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.ids[request.headers["webhook-id"]] += 1
-        self.received.append(body)
-        return web.json_response({"status_code": 1000, "status_message": "ok", "timestamp": "2024-01-01T00:00:00Z"})
+# -- partners that record what they receive (tests/servers.py) --------------------------------------
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    s = Sink()
-    app = web.Application()
-    app.router.add_post("/hook", s.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    s.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield s
-    await runner.cleanup()
+async def sink_factory() -> AsyncIterator[Callable[[], Awaitable[PartnerSink]]]:
+    """``await sink_factory()``: one more PartnerSink on port 0, stopped when the test ends."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make() -> PartnerSink:
+            return await stack.enter_async_context(PartnerSink.running())
+
+        yield make
 
 
+@pytest.fixture
+async def partner_sink(sink_factory: Callable[[], Awaitable[PartnerSink]]) -> PartnerSink:
+    """The partner a test's target points at (``$sink`` in a delivery test's forwarding template)."""
+    return await sink_factory()
+
+
+@pytest.fixture
+async def other_sink(sink_factory: Callable[[], Awaitable[PartnerSink]]) -> PartnerSink:
+    """A second partner (``$other`` in a delivery test's forwarding template)."""
+    return await sink_factory()
 
 
 # -- relay processes with a stream client and a webhook target (crash and replica tests) ------------
@@ -345,7 +343,7 @@ PROCESS_STREAM_TOKEN = "process-stream-token-5b1e"
 PROCESS_HOOK_SECRET = "whsec_" + base64.b64encode(b"process-hook-secret-0123456789").decode()
 
 
-def process_config(tmp_path: Path, sink: Sink, *, timeout: float) -> Path:
+def process_config(tmp_path: Path, sink: PartnerSink, *, timeout: float) -> Path:
     """forwarding.yaml for relay subprocesses: the greenflux subscription, a stream client, a webhook."""
     path = tmp_path / "process.yaml"
     path.write_text(textwrap.dedent(f"""
@@ -360,7 +358,7 @@ def process_config(tmp_path: Path, sink: Sink, *, timeout: float) -> Path:
         targets:
           - name: hook
             type: webhook
-            url: http://127.0.0.1:{sink.port}/hook
+            url: {sink.url}/hook
             secret_env: TEST_HOOK_SECRET
             timeout: {timeout}
             concurrency: 8
@@ -450,3 +448,40 @@ async def append_lock_held(database_url: str) -> AsyncIterator[None]:
     finally:
         await pg.execute("SELECT pg_advisory_unlock($1)", APPEND_LOCK)
         await pg.close()
+
+
+# -- asyncio debug mode: a callback that holds the loop fails the test ---------------------------------
+
+class SlowCallbacks(logging.Handler):
+    """Collects asyncio's "Executing <handle> took 0.xxx seconds" warnings (debug mode only)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing "):
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_slow_callbacks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under ``pytest --asyncio-debug`` every test's event loop runs in asyncio debug mode, and a
+    callback that keeps the loop longer than ``slow_callback_duration`` (0.1 s), that is a blocking
+    call, fails the test."""
+    if not (request.config.getoption("asyncio_debug") or request.config.getini("asyncio_debug")):
+        yield
+        return
+    handler = SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever level the relay's log set-up gave the root logger
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    if handler.messages:
+        pytest.fail("slow callbacks in asyncio debug mode:\n" + "\n".join(handler.messages), pytrace=False)

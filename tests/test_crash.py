@@ -12,7 +12,6 @@ import pytest
 from relay.store import open_store
 from relay.store.base import StateKey
 from tests.conftest import (
-    Sink,
     eventually,
     process_config,
     process_env,
@@ -20,6 +19,7 @@ from tests.conftest import (
     spawn_relay,
     stream_from_earliest,
 )
+from tests.servers import PartnerSink
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,10 @@ async def _hammer(url: str, round_no: int, acked: set[str], stop: asyncio.Event)
     return sent
 
 
-async def test_kill_9_under_load_loses_no_acknowledged_push(database_url: str, tmp_path: Path, sink: Sink) -> None:
+async def test_kill_9_under_load_loses_no_acknowledged_push(
+    database_url: str, tmp_path: Path, partner_sink: PartnerSink
+) -> None:
+    sink = partner_sink
     env = process_env(database_url, process_config(tmp_path, sink, timeout=1))
     rng = random.Random(20261125)
     acked: set[str] = set()
@@ -56,7 +59,10 @@ async def test_kill_9_under_load_loses_no_acknowledged_push(database_url: str, t
         proc = await spawn_relay(env, want=("http", "grpc"))
         stop = asyncio.Event()
         load = asyncio.create_task(_hammer(proc.url, round_no, acked, stop))
-        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        # kill at a random point of the load, counted in acknowledged pushes (not seconds, which a
+        # busy machine turns into no load at all)
+        kill_at = len(acked) + rng.randint(300, 3000)
+        await eventually(lambda n=kill_at, task=load: len(acked) >= n or task.done(), timeout=60)
         proc.kill()
         await proc.proc.wait()
         stop.set()
@@ -84,11 +90,11 @@ async def test_kill_9_under_load_loses_no_acknowledged_push(database_url: str, t
 
         # delivered (at least once) to the matching target, after the restart takes over open claims
         async def delivered() -> bool:
-            return acked <= {b["data"]["id"] for b in sink.received}
+            return acked <= {r.json()["data"]["id"] for r in sink.received}
 
         await eventually(delivered, timeout=120, interval=0.5)
         print(f"crash rounds (round, sent, acked so far): {report}; events stored: {len(events)}; "
-              f"deliveries received: {len(sink.received)} for {len({b['data']['id'] for b in sink.received})} objects")
+              f"deliveries received: {len(sink.received)} for {len({r.json()['data']['id'] for r in sink.received})} objects")
     finally:
         final.kill()
         await final.proc.wait()

@@ -18,7 +18,7 @@ import os
 import string
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from relay.settings import Settings
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 from tests.conftest import LOC_ID, SESSION_ID, RelayHandle, eventually, example, spawn_relay
-from tests.deliver.conftest import PartnerSink
+from tests.servers import PartnerSink
 
 SUB_TOKEN = "sub-secret-token-a1b2c3d4e5"
 LIMITED_SECRET = "limited-secret-token-f6e5d4"
@@ -104,19 +104,9 @@ def tokens(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-async def hook_sink() -> AsyncIterator[PartnerSink]:
-    sink = PartnerSink()
-    await sink.start()
-    yield sink
-    await sink.stop()
-
-
-@pytest.fixture
-async def partner_sink() -> AsyncIterator[PartnerSink]:
-    sink = PartnerSink()
-    await sink.start()
-    yield sink
-    await sink.stop()
+async def hook_sink(sink_factory: Callable[[], Awaitable[PartnerSink]]) -> PartnerSink:
+    """The webhook target's partner (``partner_sink``, from tests/conftest.py, is the OCPI target's)."""
+    return await sink_factory()
 
 
 @pytest.fixture

@@ -1,38 +1,26 @@
-"""Delivery fixtures: scriptable partner sinks on ephemeral ports and a relay with its workers on.
+"""Delivery fixtures: a relay with its workers on, pointed at partner sinks on port 0.
 
-``partner_sink`` is a small Starlette app under uvicorn on port 0 (svix's ``TestReceiver``): it
-records every request and answers whatever the test scripts through ``sink.answer``. A test picks
-its forwarding.yaml with ``@pytest.mark.forwarding(TEMPLATE)``; ``$sink`` / ``$other`` in the
-template become the sinks' base URLs.
+The sinks are tests/servers.py's ``PartnerSink`` (fixtures ``partner_sink`` and ``other_sink`` in
+tests/conftest.py). A test picks its forwarding.yaml with ``@pytest.mark.forwarding(TEMPLATE)``;
+``$sink`` / ``$other`` in the template become the sinks' base URLs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
-import json
 import os
 import string
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from relay.runtime import bind
 from relay.settings import Settings
 from relay.store.outbox import DeliveryRecord
-from tests.conftest import SESSION_ID, RelayHandle, eventually, example
+from tests.conftest import SESSION_ID, RelayHandle, example
+from tests.servers import PartnerSink
 
 HOOK_SECRET = "whsec_" + base64.b64encode(b"hook-test-secret-0123456789abcdef").decode()
 RESEARCH_SECRET = "whsec_" + base64.b64encode(b"research-test-secret-9876543210").decode()
@@ -61,117 +49,6 @@ rules:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "forwarding(template): forwarding.yaml targets/rules for a delivery test")
-
-
-@dataclass
-class Received:
-    """One request as the sink saw it; ``status`` is what the sink answered."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-    status: int | None = None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-
-Reply = tuple[int, Any, dict[str, str]]
-Answer = Callable[[Received, int], "Reply | Awaitable[Reply]"]
-
-
-def ocpi_envelope(status_code: int = 1000, message: str = "Success") -> dict[str, Any]:
-    return {"status_code": status_code, "status_message": message, "timestamp": "2024-03-05T12:00:00Z"}
-
-
-def answer_ok(_rec: Received, _n: int) -> Reply:
-    return 200, ocpi_envelope(), {}
-
-
-@dataclass
-class PartnerSink:
-    """Records requests; ``answer(received, n)`` (n counts from 1) decides status, body and headers."""
-
-    answer: Answer = answer_ok
-    received: list[Received] = field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    port: int = 0
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def accepted(self, path_prefix: str = "") -> list[Received]:
-        """Requests answered 2xx, in arrival order."""
-        return [r for r in self.received if r.ok and r.path.startswith(path_prefix)]
-
-    async def _handle(self, request: Request) -> Response:
-        rec = Received(request.method, request.url.path, {k.lower(): v for k, v in request.headers.items()},
-                       await request.body(), time.monotonic())
-        self.received.append(rec)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            reply = self.answer(rec, len(self.received))
-            if inspect.isawaitable(reply):
-                reply = await reply
-        finally:
-            self.in_flight -= 1
-        status, body, headers = reply
-        rec.status = status
-        content = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
-        return Response(content, status, headers=headers, media_type="application/json")
-
-    async def start(self) -> None:
-        app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        sock = bind("127.0.0.1", 0)
-        self.port = sock.getsockname()[1]
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        assert self._server is not None and self._task is not None
-        self._server.should_exit = True
-        await asyncio.wait_for(self._task, 10)
-
-
-@pytest.fixture
-async def sink_factory() -> AsyncIterator[Callable[[], Awaitable[PartnerSink]]]:
-    sinks: list[PartnerSink] = []
-
-    async def make() -> PartnerSink:
-        sink = PartnerSink()
-        await sink.start()
-        sinks.append(sink)
-        return sink
-
-    yield make
-    for sink in sinks:
-        await sink.stop()
-
-
-@pytest.fixture
-async def partner_sink(sink_factory: Callable[[], Awaitable[PartnerSink]]) -> PartnerSink:
-    """The partner the default config's ``hook`` target (and ``$sink`` in a template) points at."""
-    return await sink_factory()
-
-
-@pytest.fixture
-async def other_sink(sink_factory: Callable[[], Awaitable[PartnerSink]]) -> PartnerSink:
-    """A second partner (``$other`` in a template)."""
-    return await sink_factory()
 
 
 @pytest.fixture(autouse=True)
@@ -218,15 +95,6 @@ async def run_cli(*args: str, settings: Settings) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """``eventually`` for a plain (non-async) condition."""
-
-    async def check() -> bool:
-        return predicate()
-
-    await eventually(check, timeout=timeout)
 
 
 def session_path(session_id: str = SESSION_ID) -> str:

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from relay.settings import Settings
 from relay.store.base import NewRejected, Plan, StateKey, StoredState
 from tests.conftest import RelayHandle, eventually
-from tests.deliver.conftest import PartnerSink, Received, Reply, ocpi_envelope, put_session, run_cli
+from tests.deliver.conftest import put_session, run_cli
+from tests.servers import PartnerSink, Received, Reply, ocpi_envelope
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x9b1m\x7f"
 # tab and newline are the tables' own separators; everything else below 0x20, DEL and C1 must not appear raw

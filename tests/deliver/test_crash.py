@@ -15,7 +15,8 @@ from relay.settings import Settings
 from relay.store import open_store
 from relay.store.tables import DELIVERY
 from tests.conftest import SESSION_ID, eventually, start_relay, stop_relay
-from tests.deliver.conftest import REPO, PartnerSink, Received, Reply, put_session, until
+from tests.deliver.conftest import REPO, put_session
+from tests.servers import PartnerSink, Received, Reply
 
 
 async def _age_leases(database_url: str) -> None:
@@ -57,7 +58,7 @@ async def test_rows_claimed_by_a_killed_relay_are_delivered_after_restart(
         stdout=log, stderr=log, cwd=str(REPO), env=dict(os.environ),
     )
     try:
-        await until(lambda: len(partner_sink.received) == 3, timeout=60)
+        await eventually(lambda: len(partner_sink.received) == 3, timeout=60)
     finally:
         proc.kill()
         await proc.wait()
@@ -77,7 +78,7 @@ async def test_rows_claimed_by_a_killed_relay_are_delivered_after_restart(
     release.set()
     restarted = await start_relay(dataclasses.replace(relay_settings, instance="restarted"))
     try:
-        await until(lambda: len([r for r in partner_sink.received[3:] if r.ok]) == 3)
+        await eventually(lambda: len([r for r in partner_sink.received[3:] if r.ok]) == 3)
         assert sorted(r.headers["webhook-id"] for r in partner_sink.received[3:]) == held_ids
 
         async def done() -> bool:

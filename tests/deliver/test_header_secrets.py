@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from relay.routing.describe import describe
-from tests.conftest import RelayHandle
-from tests.deliver.conftest import PartnerSink, put_session, until
+from tests.conftest import RelayHandle, eventually
+from tests.deliver.conftest import put_session
+from tests.servers import PartnerSink
 
 HEADER_VALUE = "partner-api-key-from-env-5d4c"
 
@@ -38,7 +39,7 @@ async def test_headers_from_the_env_reach_the_partner_and_stay_out_of_describe(
     relay: RelayHandle, partner_sink: PartnerSink
 ) -> None:
     await put_session(relay)
-    await until(lambda: len(partner_sink.accepted()) == 1)
+    await eventually(lambda: len(partner_sink.accepted()) == 1)
     (rec,) = partner_sink.accepted()
     assert rec.headers["x-api-key"] == HEADER_VALUE
     assert rec.headers["x-static"] == "plain-value"

@@ -12,7 +12,8 @@ import pytest
 
 from relay.store.base import NewDelivery, NewEvent, Plan, StateKey, StoredState
 from tests.conftest import RelayHandle, eventually
-from tests.deliver.conftest import PartnerSink, rows
+from tests.deliver.conftest import rows
+from tests.servers import PartnerSink
 
 MIRROR = """
 targets:

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from tests.conftest import LOC_ID, SESSION_ID, RelayHandle, eventually, example_bytes
-from tests.deliver.conftest import PARTNER_TOKEN, PartnerSink, Received, Reply, ocpi_envelope, rows, until
+from tests.deliver.conftest import PARTNER_TOKEN, rows
+from tests.servers import PartnerSink, Received, Reply, ocpi_envelope
 
 PARTNER = """
 targets:
@@ -49,7 +50,7 @@ async def test_ocpi_target_mirrors_method_path_body_and_sends_the_partner_token(
     relay: RelayHandle, partner_sink: PartnerSink
 ) -> None:
     pushes = await _push_all(relay)
-    await until(lambda: len(partner_sink.accepted()) == 5)
+    await eventually(lambda: len(partner_sink.accepted()) == 5)
     got = [(r.method, r.path.removeprefix(BASE), r.body) for r in partner_sink.accepted()]
     assert sorted(got) == sorted(pushes)  # the body exactly as received, byte for byte
     assert all(r.headers["authorization"] == f"Token {PARTNER_TOKEN}" for r in partner_sink.received)

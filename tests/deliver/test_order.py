@@ -20,7 +20,8 @@ import pytest
 
 from relay.settings import Settings
 from tests.conftest import SESSION_ID, eventually, start_relay, stop_relay
-from tests.deliver.conftest import PartnerSink, Received, Reply, patch_session, put_session, until
+from tests.deliver.conftest import patch_session, put_session
+from tests.servers import PartnerSink, Received, Reply
 
 ONE_AT_A_TIME = """
 targets:
@@ -148,14 +149,14 @@ async def test_an_unrecorded_outcome_holds_back_the_object_s_next_row(
         # 3. the outcome of that first request cannot be written; hold the lock until the relay
         # either sent something else (the bug) or kept retrying past the old give-up point
         # (the other object's rows may go out meanwhile: they do not wait for this outcome)
-        await until(lambda: len(arrivals) >= 1, timeout=60)
+        await eventually(lambda: len(arrivals) >= 1, timeout=60)
         first = arrivals[0][0]
-        await until(lambda: sum(k == first for k, _ in arrivals) >= 2 or write_failures() >= PAST_GIVING_UP, timeout=60)
+        await eventually(lambda: sum(k == first for k, _ in arrivals) >= 2 or write_failures() >= PAST_GIVING_UP, timeout=60)
         assert not out_of_order, f"sent while an older row of the object was unrecorded: {out_of_order}"
         await lock.unlock()
 
         # 4. everything arrives, each object's versions in order, none before its predecessor was settled
-        await until(lambda: len(set(arrivals)) == 6, timeout=60)
+        await eventually(lambda: len(set(arrivals)) == 6, timeout=60)
 
         async def all_settled() -> bool:
             return all([await lock.open_before(f"sessions/NL/GFX/{sid}", 1 << 40) == 0 for sid in sessions])

@@ -13,8 +13,9 @@ import asyncio
 import pytest
 
 from relay.deliver.slots import SendSlots
-from tests.conftest import SESSION_ID, RelayHandle
-from tests.deliver.conftest import PartnerSink, Received, Reply, put_session, until
+from tests.conftest import SESSION_ID, RelayHandle, eventually
+from tests.deliver.conftest import put_session
+from tests.servers import PartnerSink, Received, Reply
 
 ONE_AT_A_TIME = """
 targets:
@@ -48,16 +49,15 @@ async def test_send_slots_hold_at_most_capacity_and_hand_over_in_arrival_order()
         order.append(n)
 
     tasks = [asyncio.create_task(waiter(n)) for n in range(3)]
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn, no time: each waiter runs up to its queued acquire
     assert order == [] and slots.held == 2
     slots.release()
-    await asyncio.sleep(0.01)
-    assert order == [0] and slots.held == 2
+    await eventually(lambda: order == [0])
+    assert slots.held == 2
     slots.release()
     slots.release()
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert order == [0, 1, 2] and slots.held == 2
-    await asyncio.gather(*tasks)
 
 
 async def test_send_slots_follow_a_resize_and_pass_on_a_slot_handed_to_a_cancelled_waiter() -> None:
@@ -65,10 +65,10 @@ async def test_send_slots_follow_a_resize_and_pass_on_a_slot_handed_to_a_cancell
     await slots.acquire()
     first = asyncio.create_task(slots.acquire())
     second = asyncio.create_task(slots.acquire())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn, no time: both are queued
     slots.resize(2)  # a reload raised concurrency: one waiter gets in at once
-    await asyncio.sleep(0.01)
-    assert first.done() and not second.done() and slots.held == 2
+    await asyncio.wait_for(first, 10)
+    assert not second.done() and slots.held == 2
     slots.release()  # handed to ``second`` ...
     second.cancel()  # ... which is cancelled before it runs: the slot must not leak
     with pytest.raises(asyncio.CancelledError):
@@ -76,7 +76,7 @@ async def test_send_slots_follow_a_resize_and_pass_on_a_slot_handed_to_a_cancell
     assert slots.held == 1
     slots.resize(1)
     third = asyncio.create_task(slots.acquire())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn, no time: ``third`` is queued
     assert not third.done()  # back at capacity 1 with one holder
     slots.release()
     await asyncio.wait_for(third, 1)
@@ -91,7 +91,7 @@ async def test_many_claimed_chains_still_send_one_at_a_time_and_in_order_per_obj
     relay: RelayHandle, partner_sink: PartnerSink
 ) -> None:
     async def slowish(_rec: Received, _n: int) -> Reply:
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the partner's own pace (so requests could overlap), not a synchronisation
         return 200, None, {}
 
     partner_sink.answer = slowish
@@ -99,7 +99,7 @@ async def test_many_claimed_chains_still_send_one_at_a_time_and_in_order_per_obj
     for version in range(3):
         for sid in ids:
             await put_session(relay, sid, kwh=float(version + 1))
-    await until(lambda: len(partner_sink.accepted()) == 18)
+    await eventually(lambda: len(partner_sink.accepted()) == 18)
     assert partner_sink.max_in_flight == 1
     seqs: dict[str, list[int]] = {}
     for rec in partner_sink.accepted():

@@ -1,11 +1,10 @@
 """A research copy carries nothing the rule removed: every byte a webhook and an ocpi target receive
 (request line, headers, body) is scanned for raw ids, personal values and the exact receive time.
-A real relay with its workers, a raw TCP partner that records requests byte for byte, both databases."""
+A real relay with its workers, a partner sink that records each request's line, headers and body,
+both databases."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -14,49 +13,7 @@ import pytest
 from relay.store.base import EventFilter
 from tests.conftest import LOC_ID, SESSION_ID, RelayHandle, eventually, example
 from tests.deliver.conftest import rows
-
-ENVELOPE = b'{"status_code":1000,"status_message":"Success","timestamp":"2024-03-05T12:00:00Z"}'
-
-
-class RawSink:
-    """A partner that keeps every request exactly as it came over the socket, and answers 1000."""
-
-    def __init__(self) -> None:
-        self.requests: list[bytes] = []
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                body = await reader.readexactly(length) if length else b""
-                self.requests.append(head + body)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(ENVELOPE), ENVELOPE))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def raw_sink() -> AsyncIterator[RawSink]:
-    sink = RawSink()
-    server = await asyncio.start_server(sink.serve, "127.0.0.1", 0)
-    sink.port = server.sockets[0].getsockname()[1]
-    yield sink
-    server.close()
-
+from tests.servers import PartnerSink
 
 RULE = """
 targets:
@@ -92,8 +49,8 @@ rules:
 
 
 @pytest.fixture
-def extra_config(raw_sink: RawSink) -> str:
-    return RULE.replace("$sink", raw_sink.url)
+def extra_config(partner_sink: PartnerSink) -> str:
+    return RULE.replace("$sink", partner_sink.url)
 
 
 EVSE = "NL-GFX-E0873422-1"
@@ -128,8 +85,9 @@ def pushes() -> list[tuple[str, str, Any]]:
 
 
 async def test_no_raw_id_personal_value_or_receive_time_reaches_a_research_target(
-    relay: RelayHandle, raw_sink: RawSink
+    relay: RelayHandle, partner_sink: PartnerSink
 ) -> None:
+    sink = partner_sink
     sent = pushes()
     for method, path, body in sent:
         ans = await relay.request(method, path, body)
@@ -141,16 +99,17 @@ async def test_no_raw_id_personal_value_or_receive_time_reaches_a_research_targe
 
     await eventually(settled)
     assert [(r.target, r.object_key, r.last_error) for r in await rows(relay) if r.state != "done"] == []
-    assert len(raw_sink.requests) == 2 * len(sent)
-    wire = b"\n".join(raw_sink.requests)
+    assert len(sink.received) == 2 * len(sent)
+    requests = [r.wire() for r in sink.received]
+    wire = b"\n".join(requests)
     leaks = [v for v in RAW if v.encode() in wire or quote(v, safe="").encode() in wire]
-    assert leaks == [], [r.split(b"\r\n", 1)[0] for r in raw_sink.requests]
+    assert leaks == [], [r.split(b"\r\n", 1)[0] for r in requests]
     # the exact receive time: the rule coarsens times to the hour, so no event's second may appear
     for ev in await relay.store.read_events(0, 100, EventFilter(), applied_only=False):
         if ev.received_at.minute or ev.received_at.second:
             stamp = ev.received_at.strftime("%Y-%m-%dT%H:%M:%S")
             assert stamp.encode() not in wire, (stamp, ev.module, ev.action)
-    lines = sorted(r.split(b"\r\n", 1)[0].decode() for r in raw_sink.requests)
+    lines = sorted(r.split(b"\r\n", 1)[0].decode() for r in requests)
     assert sum(1 for line in lines if line.startswith("PATCH /ocpi/emsp/2.1.1/locations/NL/GFX/ps_")) == 2
     assert any(line.startswith("DELETE /ocpi/emsp/2.1.1/tariffs/NL/GFX/ps_") for line in lines), lines
     assert any(line.startswith("PUT /ocpi/emsp/2.1.1/ChargeStationNotifications/ps_") for line in lines), lines

@@ -11,17 +11,8 @@ import pytest
 
 from relay.cli.dead import replay
 from tests.conftest import BASE_CONFIG, SESSION_ID, RelayHandle, eventually
-from tests.deliver.conftest import (
-    PartnerSink,
-    Received,
-    Reply,
-    patch_session,
-    put_session,
-    render_forwarding,
-    rows,
-    run_cli,
-    until,
-)
+from tests.deliver.conftest import patch_session, put_session, render_forwarding, rows, run_cli
+from tests.servers import PartnerSink, Received, Reply
 
 HOOK_TARGET = """
   - name: hook
@@ -83,21 +74,21 @@ async def test_replay_backfills_a_target_added_after_the_events(
     for sid in _sessions(4):
         await put_session(relay, sid)
     await patch_session(relay, 1, 2.5, session_id=_sessions(4)[0])
-    await until(lambda: len(partner_sink.accepted()) == 5)
+    await eventually(lambda: len(partner_sink.accepted()) == 5)
     rewrite(config_path, HOOK_AND_LATE, partner_sink, other_sink)
     assert relay.info.holder is not None and relay.info.holder.reload()
 
     code, out, err = await run_cli("replay", "--target", "late", settings=relay.settings)
     assert code == 0, err
     assert "queued 5 deliveries to late" in out and "seq 5/5" in err
-    await until(lambda: len(other_sink.accepted()) == 5)
+    await eventually(lambda: len(other_sink.accepted()) == 5)
     got = [r.json()["data"] for r in other_sink.accepted()]
     assert sorted(d["seq"] for d in got) == [1, 2, 3, 4, 5]
     first = [d["object"]["kwh"] for d in got if d["id"] == _sessions(4)[0]]
     assert first == [0.0, 2.5]  # the object's history in order
     assert all(d["object"]["auth_id"].startswith("ps_") for d in got)
     await put_session(relay, _sessions(5)[4])  # and new events now go to both
-    await until(lambda: len(other_sink.accepted()) == 6 and len(partner_sink.accepted()) == 6)
+    await eventually(lambda: len(other_sink.accepted()) == 6 and len(partner_sink.accepted()) == 6)
 
 
 @pytest.mark.forwarding(HOOK_ONLY)
@@ -111,19 +102,19 @@ async def test_replay_skips_events_whose_delivery_is_still_open(relay: RelayHand
     partner_sink.answer = held
     for sid in _sessions(3):
         await put_session(relay, sid)
-    await until(lambda: len(partner_sink.received) == 3)  # all three in flight
+    await eventually(lambda: len(partner_sink.received) == 3)  # all three in flight
     out, progress = io.StringIO(), io.StringIO()
     assert await replay(relay.settings, "hook", out=out, progress=progress) == 0
     assert "queued 0" in out.getvalue() and "3 already pending" in out.getvalue()
     release.set()
-    await until(lambda: len(partner_sink.accepted()) == 3)
+    await eventually(lambda: len(partner_sink.accepted()) == 3)
 
     async def all_done() -> bool:
         return [r.state for r in await rows(relay)] == ["done"] * 3
 
     await eventually(all_done)
     assert await replay(relay.settings, "hook", from_seq=2, to_seq=3, out=out, progress=progress) == 0
-    await until(lambda: len(partner_sink.accepted()) == 5)
+    await eventually(lambda: len(partner_sink.accepted()) == 5)
     assert [r.json()["data"]["seq"] for r in partner_sink.accepted()[3:]] == [2, 3]
     out = io.StringIO()
     assert await replay(relay.settings, "nowhere", out=out, progress=progress) == 2
@@ -148,8 +139,8 @@ async def test_reload_mid_traffic_loses_nothing_and_sends_nothing_twice(
         if i == 24:  # and back, through the file watcher this time
             rewrite(config_path, forwarding([HOOK_TARGET], [HOOK_RULE], 8), partner_sink, None)
     holder = relay.info.holder
-    await until(lambda: holder().target("late") is None)  # the watcher saw the file change
-    await until(lambda: len(partner_sink.accepted()) >= 40, timeout=30)
+    await eventually(lambda: holder().target("late") is None)  # the watcher saw the file change
+    await eventually(lambda: len(partner_sink.accepted()) >= 40, timeout=30)
 
     async def settled() -> bool:
         return all(r.state == "done" for r in await rows(relay, target="hook"))
@@ -171,7 +162,7 @@ async def test_a_rule_removed_by_reload_sends_nothing_more_and_its_rows_go_dead(
     other_sink.answer = lambda rec, n: (503, None, {"Retry-After": "0.3"})  # late keeps failing
     for sid in _sessions(2):
         await put_session(relay, sid)
-    await until(lambda: len(other_sink.received) >= 2)
+    await eventually(lambda: len(other_sink.received) >= 2)
     # the late target stays, only its rule goes: its rows must not be sent without their transforms
     late_without_rule = forwarding([HOOK_TARGET, LATE_TARGET], [HOOK_RULE])
     rewrite(config_path, late_without_rule, partner_sink, other_sink)
@@ -195,11 +186,11 @@ async def test_a_target_removed_by_reload_keeps_its_rows_pending(
     other_sink.answer = lambda rec, n: (503, None, {})
     for sid in _sessions(2):
         await put_session(relay, sid)
-    await until(lambda: len(other_sink.received) >= 2)
+    await eventually(lambda: len(other_sink.received) >= 2)
     rewrite(config_path, HOOK_ONLY, partner_sink, None)
     assert relay.info.holder is not None and relay.info.holder.reload()
     await put_session(relay, _sessions(3)[2])
-    await until(lambda: len(partner_sink.accepted()) == 3)
+    await eventually(lambda: len(partner_sink.accepted()) == 3)
 
     async def parked() -> bool:
         return [r.state for r in await rows(relay, target="late")] == ["pending", "pending"]

@@ -12,18 +12,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from relay.cli.dead import dead_list, dead_retry, dead_show
 from relay.metrics import REGISTRY
 from tests.conftest import SESSION_ID, RelayHandle, eventually, example_bytes
-from tests.deliver.conftest import (
-    HOOK_SECRET,
-    RESEARCH_SECRET,
-    PartnerSink,
-    Received,
-    Reply,
-    patch_session,
-    put_session,
-    rows,
-    run_cli,
-    until,
-)
+from tests.deliver.conftest import HOOK_SECRET, RESEARCH_SECRET, patch_session, put_session, rows, run_cli
+from tests.servers import PartnerSink, Received, Reply
 
 RESEARCH = """
 targets:
@@ -114,7 +104,7 @@ async def test_webhook_is_signed_verifiable_and_retries_keep_the_message_id(
 ) -> None:
     partner_sink.answer = lambda rec, n: (503, None, {}) if n == 1 else (200, None, {})
     await put_session(relay)
-    await until(lambda: len(partner_sink.accepted()) == 1)
+    await eventually(lambda: len(partner_sink.accepted()) == 1)
     first, second = partner_sink.received[:2]
     (row,) = await rows(relay)
     assert first.status == 503 and second.path == "/hook" and second.method == "POST"
@@ -145,7 +135,7 @@ async def test_research_copies_are_pseudonymised_stably_and_never_carry_the_orig
     assert (await relay.request("PUT", f"/sessions/NL/GFX/{SESSION_ID}",
                                 raw=example_bytes("session_completed.json"))).body["status_code"] == 1000
     assert (await relay.request("POST", "/cdrs", raw=example_bytes("cdr_full.json"))).body["status_code"] == 1000
-    await until(lambda: len(partner_sink.accepted()) == 2 and len(other_sink.accepted()) == 2)
+    await eventually(lambda: len(partner_sink.accepted()) == 2 and len(other_sink.accepted()) == 2)
     forwarded = _everything([partner_sink, other_sink])
     for original in (b"NL-EMP-C04817263-K", b"EMH-eHZ-1ESY1160928417", b"52.160418", b"5.381967"):
         assert original not in forwarded, original
@@ -170,7 +160,7 @@ async def test_order_per_object_holds_while_the_sink_fails_intermittently(
     await put_session(relay)
     for i in range(1, 31):
         await patch_session(relay, i, kwh=i * 0.5)
-    await until(lambda: len(partner_sink.accepted()) >= 31)
+    await eventually(lambda: len(partner_sink.accepted()) >= 31)
     accepted = partner_sink.accepted()
     assert [r.json()["data"]["object"]["kwh"] for r in accepted] == [0.0] + [i * 0.5 for i in range(1, 31)]
     assert [r.json()["data"]["seq"] for r in accepted] == list(range(1, 32))
@@ -185,7 +175,7 @@ async def test_a_sink_that_is_down_then_recovers_gets_everything_once(
     ids = [f"{SESSION_ID[:-2]}{i:02d}" for i in range(8)]
     for sid in ids:
         await put_session(relay, sid)
-    await until(lambda: len(partner_sink.accepted()) >= 8)
+    await eventually(lambda: len(partner_sink.accepted()) >= 8)
     assert sorted(r.json()["data"]["id"] for r in partner_sink.accepted()) == sorted(ids)
     assert len({r.headers["webhook-id"] for r in partner_sink.accepted()}) == 8
 
@@ -199,7 +189,7 @@ async def test_a_sink_that_is_down_then_recovers_gets_everything_once(
 async def test_429_with_retry_after_waits_that_long(relay: RelayHandle, partner_sink: PartnerSink) -> None:
     partner_sink.answer = lambda rec, n: (429, None, {"Retry-After": "1"}) if n == 1 else (200, None, {})
     await put_session(relay)
-    await until(lambda: len(partner_sink.accepted()) == 1)
+    await eventually(lambda: len(partner_sink.accepted()) == 1)
     first, second = partner_sink.received
     assert first.status == 429
     assert second.at - first.at >= 1.0
@@ -215,10 +205,10 @@ async def test_400_goes_dead_and_dead_retry_delivers_once_the_partner_is_fixed(
     async def dead() -> bool:
         return len(await rows(relay, "dead")) == 1
 
-    await until(lambda: len(partner_sink.received) == 1)
+    await eventually(lambda: len(partner_sink.received) == 1)
     await eventually(dead)
     assert len(partner_sink.received) == 1  # a 400 is not retried
-    await until(lambda: REGISTRY.get_sample_value("relay_dead_letters", {"target": "hook"}) == 1)
+    await eventually(lambda: REGISTRY.get_sample_value("relay_dead_letters", {"target": "hook"}) == 1)
     code, out, err = await run_cli("dead", "list", "--json", settings=relay.settings)
     assert code == 0, err
     (listed,) = json.loads(out)
@@ -239,7 +229,7 @@ async def test_400_goes_dead_and_dead_retry_delivers_once_the_partner_is_fixed(
     broken = False
     code, out, err = await run_cli("dead", "retry", "--all", settings=relay.settings)
     assert code == 0 and "1 dead" in out, (out, err)
-    await until(lambda: len(partner_sink.accepted()) == 1)
+    await eventually(lambda: len(partner_sink.accepted()) == 1)
     assert partner_sink.accepted()[0].headers["webhook-id"] == partner_sink.received[0].headers["webhook-id"]
 
     async def done() -> bool:
@@ -258,17 +248,21 @@ async def test_400_goes_dead_and_dead_retry_delivers_once_the_partner_is_fixed(
 async def test_a_slow_target_keeps_its_concurrency_and_does_not_slow_another(
     relay: RelayHandle, partner_sink: PartnerSink, other_sink: PartnerSink
 ) -> None:
-    async def slow(_rec: Received, _n: int) -> Reply:
-        await asyncio.sleep(0.2)  # the partner is slow, not the test
+    release = asyncio.Event()
+
+    async def stuck(_rec: Received, _n: int) -> Reply:
+        await release.wait()  # the slow partner answers nothing until the fast one has had everything
         return 200, None, {}
 
-    partner_sink.answer = slow
+    partner_sink.answer = stuck
     other_sink.answer = ok
     for i in range(12):
         await put_session(relay, f"{SESSION_ID[:-2]}{i:02d}")
-    await until(lambda: len(other_sink.accepted()) == 12)
-    assert len(partner_sink.accepted()) < 12  # 12 sends at 2 x 0.2 s each cannot be done yet
-    await until(lambda: len(partner_sink.accepted()) == 12)
+    await eventually(lambda: len(other_sink.accepted()) == 12)
+    await eventually(lambda: partner_sink.in_flight == 2)  # its concurrency, all held
+    assert partner_sink.accepted() == []
+    release.set()
+    await eventually(lambda: len(partner_sink.accepted()) == 12)
     assert partner_sink.max_in_flight == 2
 
 
@@ -277,7 +271,7 @@ async def test_rate_limit_spaces_the_requests(relay: RelayHandle, partner_sink: 
     partner_sink.answer = ok
     for i in range(20):
         await put_session(relay, f"{SESSION_ID[:-2]}{i:02d}")
-    await until(lambda: len(partner_sink.accepted()) == 20)
+    await eventually(lambda: len(partner_sink.accepted()) == 20)
     times = [r.at for r in partner_sink.received]
     # a burst of 10, then 10 per second: the last request cannot come before ~1 s after the first
     assert times[-1] - times[0] >= 0.9
@@ -293,9 +287,9 @@ async def test_outbox_depth_gauge_and_status_follow_the_outbox(relay: RelayHandl
     partner_sink.answer = held
     for i in range(3):
         await put_session(relay, f"{SESSION_ID[:-2]}{i:02d}")
-    await until(lambda: REGISTRY.get_sample_value("relay_outbox_depth", {"target": "hook"}) == 3)
+    await eventually(lambda: REGISTRY.get_sample_value("relay_outbox_depth", {"target": "hook"}) == 3)
     assert (await relay.store.stats())["targets"]["hook"]["depth"] == 3
     release.set()
-    await until(lambda: REGISTRY.get_sample_value("relay_outbox_depth", {"target": "hook"}) == 0)
+    await eventually(lambda: REGISTRY.get_sample_value("relay_outbox_depth", {"target": "hook"}) == 0)
     assert (await relay.store.stats())["targets"]["hook"]["done"] == 3
     assert await relay.store.outbox().counts() == {}

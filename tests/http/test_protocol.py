@@ -42,7 +42,7 @@ async def test_a_header_block_without_body_is_flushed_on_the_next_loop_turn_or_c
     rec = RecordingTransport()
     t = _CoalescingTransport(rec, asyncio.get_running_loop())
     t.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # exactly one loop turn (no time passes): the turn the flush is promised on
     assert rec.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
     t.write(HEAD)
     t.close()

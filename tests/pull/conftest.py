@@ -1,4 +1,4 @@
-"""A fake GreenFlux sender interface (Starlette under uvicorn on port 0) and pull fixtures.
+"""A fake GreenFlux sender interface (Starlette on port 0, tests/servers.py's ``serve``) and pull fixtures.
 
 The fake serves ``/locations``, ``/sessions``, ``/cdrs`` and ``/tariffs`` as OCPI 2.1.1 lists:
 ``date_from`` (inclusive) / ``date_to`` (exclusive) on ``last_updated``, ``offset``/``limit``
@@ -10,10 +10,8 @@ request; a test scripts failures per request number and hooks that change the da
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +19,6 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +29,7 @@ from relay.pull.client import RetryPolicy
 from relay.pull.sync import ModuleSummary, pull_source
 from relay.routing.model import PullSource
 from tests.conftest import RelayHandle, example
+from tests.servers import serve
 
 PULL_TOKEN = "pull-test-token-9d3e71"
 SOURCE = "gfx-pull"
@@ -169,36 +167,13 @@ def _envelope(data: Any, code: int, message: str, *, status: int = 200,
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without signal handling: the test process (and an in-process relay) keeps its own."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @pytest.fixture
 async def sender() -> AsyncIterator[FakeSender]:
     """The fake GreenFlux sender on an ephemeral port, in the test's event loop."""
     fake = FakeSender(PULL_TOKEN)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    fake.port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(fake.app(), log_config=None, access_log=False, lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
+    async with serve(fake.app()) as port:
+        fake.port = port
         yield fake
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 # -- config and pull helpers ------------------------------------------------------------------------------

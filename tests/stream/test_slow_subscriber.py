@@ -75,7 +75,7 @@ async def test_a_slow_subscriber_keeps_server_memory_bounded_and_still_receives_
         while True:
             peak_held = max([peak_held, *(c.held for c in hub.cursors)])
             peak_cached = max(peak_cached, hub.cached)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the sampling period of a measurement, not a synchronisation
 
     await flood(ids[:WARM_UP])  # every code path runs once before measuring
     half = (EVENTS + WARM_UP) // 2

@@ -22,15 +22,8 @@ import pytest
 from relay.settings import Settings
 from relay.store.outbox import DeliveryRecord
 from tests.conftest import SESSION_ID, RelayHandle, eventually
-from tests.deliver.conftest import (
-    HOOK_SECRET,
-    PARTNER_TOKEN,
-    PartnerSink,
-    patch_session,
-    put_session,
-    session_path,
-    until,
-)
+from tests.deliver.conftest import HOOK_SECRET, PARTNER_TOKEN, patch_session, put_session, session_path
+from tests.servers import PartnerSink
 
 KWHS = [1.5, 3.0, 4.5, 6.0, 7.5]
 
@@ -95,7 +88,7 @@ class FaultServer:
             assert not isinstance(mode, str)
             delay, raw = mode
             if delay:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the partner is slow: the scenario, not a synchronisation
             writer.write(raw)
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -178,11 +171,8 @@ async def fault() -> AsyncIterator[FaultServer]:
 
 
 @pytest.fixture
-async def healthy() -> AsyncIterator[PartnerSink]:
-    sink = PartnerSink()
-    await sink.start()
-    yield sink
-    await sink.stop()
+def healthy(partner_sink: PartnerSink) -> PartnerSink:
+    return partner_sink
 
 
 @pytest.fixture
@@ -228,7 +218,7 @@ def delivered_kwhs(sink: PartnerSink) -> list[float]:
 
 async def healthy_completes_while_faulty_is_failing(relay: RelayHandle, healthy: PartnerSink) -> None:
     """The healthy target gets everything, in order, while the faulty target still has rows open."""
-    await until(lambda: len(healthy.accepted()) >= N_EVENTS, timeout=10)
+    await eventually(lambda: len(healthy.accepted()) >= N_EVENTS, timeout=10)
     open_faulty = [r for r in await outbox(relay, "faulty") if r.state in ("pending", "in_flight")]
     assert open_faulty, "the faulty target was already settled: the test proves nothing about isolation"
     assert delivered_kwhs(healthy) == [0.0, *KWHS]
@@ -357,7 +347,7 @@ async def test_ocpi_partner_answering_200_with_non_ocpi_body_is_dead_lettered_on
     assert (hit.method, hit.path) == ("PUT", "/ocpi/emsp/2.1.1" + session_path())
     assert hit.headers["authorization"] == f"Token {PARTNER_TOKEN}"
     assert orjson.loads(hit.body)["id"] == SESSION_ID
-    await until(lambda: len(healthy.accepted()) == 1)
+    await eventually(lambda: len(healthy.accepted()) == 1)
     assert (await stats_for(relay, "faulty"))["dead"] == 1
 
 
@@ -371,7 +361,7 @@ async def test_redirect_is_not_followed_and_dead_letters_with_a_fix_the_url_reas
     elsewhere = f"{healthy.url}/stolen"
     fault.mode = lambda _n: (0.0, http_response(302, b"", {"Location": elsewhere}, "Found"))
     await push_session_updates(relay)
-    await until(lambda: len(healthy.accepted("/hook")) >= N_EVENTS)
+    await eventually(lambda: len(healthy.accepted("/hook")) >= N_EVENTS)
 
     dead = await all_settled(relay, "faulty", "dead")
     for row in dead:
