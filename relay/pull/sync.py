@@ -167,6 +167,7 @@ async def pull_source(
                 continue
             summaries.append(await _pull_module(store, ingestor, client, module, prior, full, progress,
                                                 {} if resume is None else resume))
+    record_pass(source.name, all(s.ok for s in summaries))
     return summaries
 
 
@@ -189,6 +190,8 @@ async def _pull_module(
             run.newest = point.newest
         newest = await run.run(date_from, point.next_url if point is not None else None)
         summary.seconds = time.monotonic() - t0
+        if summary.fetched and summary.rejected == summary.fetched:
+            raise PullError(_all_refused(source, summary.fetched), retryable=False)
         if run.cut_at is not None:
             summary.capped = True
             resume[module] = ResumePoint(run.cut_at, date_from, started, newest)
@@ -216,6 +219,22 @@ async def _pull_module(
         "new": summary.new, "changed": summary.changed, "unchanged": summary.unchanged,
         "rejected": summary.rejected, "seconds": round(summary.seconds, 3), "ok": summary.ok})
     return summary
+
+
+def _all_refused(source: PullSource, count: int) -> str:
+    """A pass that stored nothing it fetched fails: the source is misconfigured or the sender broken."""
+    hint = (" (objects without country_code/party_id, as OCPI 2.1.1 sends them, need default_cpo on the source)"
+            if source.default_cpo is None else "")
+    return f"every object fetched ({count}) was refused{hint}; see `relay rejected list`"
+
+
+def record_pass(source: str, ok: bool) -> None:
+    """The pull gauges after one pass of ``source``: last success time, or one more failure in a row."""
+    if ok:
+        metrics.labelled(metrics.PULL_LAST_SUCCESS, source).set(time.time())
+        metrics.labelled(metrics.PULL_FAILURES, source).set(0)
+    else:
+        metrics.labelled(metrics.PULL_FAILURES, source).inc()
 
 
 def _next_position(previous: datetime | None, newest: datetime | None, started: datetime) -> datetime | None:
