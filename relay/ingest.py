@@ -213,7 +213,7 @@ class Ingestor:
             metrics.REJECTED.labels(addr.module, str(outcome.http_status)).inc()
         else:
             metrics.labelled(metrics.EVENTS, addr.module, outcome.status, push.origin).inc()
-            if push.origin == "push":  # silence alerts: time() - this per subscription and module
+            if push.origin == "push" and push.source.name is not None:  # silence: time() - this
                 metrics.labelled(metrics.LAST_PUSH, push.source.name, addr.module).set(time.time())
             if outcome.status == merge.UNMATCHED:
                 metrics.UNMATCHED.labels(addr.module).inc()

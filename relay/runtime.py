@@ -21,7 +21,6 @@ from typing import Any
 import uvicorn
 
 from relay import metrics
-
 from relay.deliver.worker import run_workers
 from relay.errors import StoreError
 from relay.http.app import create_app

@@ -7,7 +7,8 @@ the sender's clock, so a sender clock behind ours cannot make us skip what it ch
 start minus the overlap covers objects changed on pages already read while the pass ran (their
 new ``last_updated`` is later than the start but can be earlier than the newest one seen), plus a
 minute of clock skew. A pass that saw nothing keeps the old position; a failed pass never moves it.
-Re-reading the overlap is cheap: identical objects create nothing.
+Re-reading the overlap is cheap: identical objects create nothing. A pass that refused every object
+it fetched (``ALL_REFUSED_MIN`` or more) counts as failed and does not move the position either.
 
 A pass that reaches ``PullLimits.max_pages`` stops there without moving the position (lists are in
 creation order, not by ``last_updated``, so what was read says nothing about the rest). With a
@@ -52,6 +53,10 @@ LEVELS = {"locations": "location", "sessions": "session", "cdrs": "cdr", "tariff
 # Objects ingested at once: one group commit takes them together (Settings.batch_max defaults to 512).
 INGEST_CHUNK = 512
 ANY_CPO = (CpoPattern("*", "*"),)
+# A module pass that refused every object it fetched, and fetched at least this many, failed: the
+# source is misconfigured (e.g. no default_cpo for 2.1.1 objects) or the sender broken. A lone refused
+# object is a data problem, kept in `rejected` like a refused push, not a failed pass.
+ALL_REFUSED_MIN = 2
 
 Progress = Callable[["ModuleSummary"], None]
 
@@ -190,7 +195,7 @@ async def _pull_module(
             run.newest = point.newest
         newest = await run.run(date_from, point.next_url if point is not None else None)
         summary.seconds = time.monotonic() - t0
-        if summary.fetched and summary.rejected == summary.fetched:
+        if summary.fetched >= ALL_REFUSED_MIN and summary.rejected == summary.fetched:
             raise PullError(_all_refused(source, summary.fetched), retryable=False)
         if run.cut_at is not None:
             summary.capped = True
