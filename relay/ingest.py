@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -212,6 +213,8 @@ class Ingestor:
             metrics.REJECTED.labels(addr.module, str(outcome.http_status)).inc()
         else:
             metrics.labelled(metrics.EVENTS, addr.module, outcome.status, push.origin).inc()
+            if push.origin == "push" and push.source.name is not None:  # silence: time() - this
+                metrics.labelled(metrics.LAST_PUSH, push.source.name, addr.module).set(time.time())
             if outcome.status == merge.UNMATCHED:
                 metrics.UNMATCHED.labels(addr.module).inc()
                 logger.warning("unmatched push kept", extra={"ocpi_module": addr.module, "object_id": object_id,

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.metrics import MetricWrapperBase
 
+from relay import __version__
+
 REGISTRY = CollectorRegistry(auto_describe=True)
+# the standard process_*, python_info and python_gc_* families, as on the default registry
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
 INGEST_REQUESTS = Counter(
     "relay_ingest_requests", "Receiver requests by module, HTTP status and OCPI status_code",
@@ -51,6 +65,35 @@ HTTP_CONNECTIONS_REFUSED = Counter(
     "relay_http_connections_refused", "Receiver connections cut at the edge (header_timeout, body_timeout, "
     "header_too_large, connection_limit)", ["reason"], registry=REGISTRY,
 )
+# -- monitoring: what deploy/prometheus/alerts.yml watches (README "Alerts") --
+BUILD_INFO = Gauge("relay_build_info", "Always 1; the relay's version as a label", ["version"], registry=REGISTRY)
+BUILD_INFO.labels(__version__).set(1)
+LAST_PUSH = Gauge("relay_last_push_timestamp_seconds",
+                  "Unix time of the last accepted push per subscription and module (silence = time() - this)",
+                  ["subscription", "module"], registry=REGISTRY)
+BREAKER_STATE = Gauge("relay_circuit_breaker_state", "Delivery circuit breaker per target: 0 closed, 1 half-open "
+                      "(a probe may go), 2 open (sends paused)", ["target"], registry=REGISTRY)
+OLDEST_PENDING = Gauge("relay_outbox_oldest_pending_age_seconds",
+                       "Age of the oldest pending or in-flight delivery per target (0 when none)", ["target"],
+                       registry=REGISTRY)
+PULL_LAST_SUCCESS = Gauge("relay_pull_last_success_timestamp_seconds",
+                          "Unix time the last pull pass of a source ended with every module ok", ["source"],
+                          registry=REGISTRY)
+PULL_FAILURES = Gauge("relay_pull_consecutive_failures",
+                      "Pull passes of a source in a row with a failed module (0 after a good pass)", ["source"],
+                      registry=REGISTRY)
+CONSUMER_LAG = Gauge("relay_consumer_lag_events", "Events a durable stream consumer has not committed yet",
+                     ["consumer"], registry=REGISTRY)
+SILENT_SESSIONS = Gauge("relay_sessions_silent", "ACTIVE sessions with no update for RELAY_SESSION_SILENCE seconds",
+                        registry=REGISTRY)
+SILENT_LOCATIONS = Gauge("relay_locations_silent", "Locations with no update for RELAY_LOCATION_SILENCE hours",
+                         registry=REGISTRY)
+LOCATIONS = Gauge("relay_locations", "Locations in the stored state", registry=REGISTRY)
+DATABASE_SIZE = Gauge("relay_database_size_bytes", "Database size: SQLite file + WAL, PostgreSQL pg_database_size",
+                      registry=REGISTRY)
+MONITOR_REFRESHED = Gauge("relay_monitor_refresh_timestamp_seconds",
+                          "Unix time the store-derived gauges (silence, database size, lag) were last refreshed",
+                          registry=REGISTRY)
 
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -64,3 +107,10 @@ def labelled(metric: MetricWrapperBase, *values: str) -> Any:
     if child is None:
         child = _children[key] = metric.labels(*values)
     return child
+
+
+def forget(metric: MetricWrapperBase, *values: str) -> None:
+    """Drop a labelled child (a target or source that left the config) so it stops being exported."""
+    _children.pop((id(metric), values), None)
+    with contextlib.suppress(KeyError):
+        metric.remove(*values)

@@ -13,12 +13,16 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
 
+from relay import metrics
 from relay.deliver.worker import run_workers
+from relay.errors import StoreError
 from relay.http.app import create_app
 from relay.http.protocol import EdgeLimitedHttpToolsProtocol
 from relay.ingest import Ingestor
@@ -188,4 +192,51 @@ def optional_parts(settings: Settings, store: Store, holder: ConfigHolder, info:
         parts.append(lambda stop: run_workers(settings, store, holder, stop))
         ingestor = Ingestor.from_settings(store, holder, settings)
         parts.append(lambda stop: run_schedule(store, ingestor, holder, stop))
+    parts.append(lambda stop: monitor(settings, store, holder, stop))
     return parts
+
+
+async def monitor(settings: Settings, store: Store, holder: ConfigHolder, stop: asyncio.Event) -> None:
+    """Every ``monitor_interval``: the gauges read from the database (silent sessions and locations,
+    oldest open delivery per target, consumer lag, database size). A failed read keeps the old values;
+    relay_monitor_refresh_timestamp_seconds then stops moving.
+
+    A configured subscription's modules that got no push since start count as last pushed when the
+    relay first saw them in the config: a relay restarted while GreenFlux is silent still alerts."""
+    targets: set[str] = set()
+    consumers: set[str] = set()
+    seeded: set[tuple[str, str]] = set()
+    while not stop.is_set():
+        for sub in holder().subscriptions:
+            for module in sorted(sub.modules):
+                if (sub.name, module) not in seeded:
+                    seeded.add((sub.name, module))
+                    pushed = metrics.REGISTRY.get_sample_value(
+                        "relay_last_push_timestamp_seconds", {"subscription": sub.name, "module": module})
+                    if pushed is None:  # no push yet: silence counts from now
+                        metrics.labelled(metrics.LAST_PUSH, sub.name, module).set(time.time())
+        now = datetime.now(UTC)
+        try:
+            seen = await store.monitoring(sessions_before=now - timedelta(seconds=settings.session_silence),
+                                          locations_before=now - timedelta(hours=settings.location_silence))
+        except StoreError as exc:
+            logger.warning("monitoring gauges not refreshed", extra={"error": str(exc)})
+        else:
+            metrics.SILENT_SESSIONS.set(seen.silent_sessions)
+            metrics.SILENT_LOCATIONS.set(seen.silent_locations)
+            metrics.LOCATIONS.set(seen.locations)
+            if seen.database_bytes is not None:
+                metrics.DATABASE_SIZE.set(seen.database_bytes)
+            for name in targets - seen.oldest_open.keys():
+                metrics.OLDEST_PENDING.labels(name).set(0)
+            for name, created in seen.oldest_open.items():
+                metrics.OLDEST_PENDING.labels(name).set(max(0.0, (now - created).total_seconds()))
+            targets |= seen.oldest_open.keys()
+            for name in consumers - seen.consumer_lag.keys():
+                metrics.forget(metrics.CONSUMER_LAG, name)
+            for name, lag in seen.consumer_lag.items():
+                metrics.CONSUMER_LAG.labels(name).set(lag)
+            consumers = set(seen.consumer_lag)
+            metrics.MONITOR_REFRESHED.set(time.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.monitor_interval)

@@ -84,6 +84,9 @@ HELP: dict[str, str] = {
     "http_keepalive_timeout": "seconds an idle kept-alive receiver connection stays open",
     "http_max_header_bytes": "largest request line + headers; larger get 431 and the connection is closed",
     "http_max_connections": "open receiver connections at most; more are closed at once",
+    "session_silence": "seconds an ACTIVE session may go without a PATCH before relay_sessions_silent counts it",
+    "location_silence": "hours a location may go without an update before relay_locations_silent counts it",
+    "monitor_interval": "seconds between refreshes of the store-derived gauges (silence, database size, lag)",
 }
 
 
@@ -137,6 +140,11 @@ class Settings:
     http_keepalive_timeout: int = 75
     http_max_header_bytes: int = 16 * 1024
     http_max_connections: int = 1000
+    # monitoring: GreenFlux PATCHes an ACTIVE session at least every 15 min, so 2 x 15 min of silence
+    # means lost pushes; quiet locations are normal for hours, a whole network quiet is not
+    session_silence: int = 1800
+    location_silence: int = 6
+    monitor_interval: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -197,6 +205,9 @@ class Settings:
             problems.append("RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024")
         if self.http_max_connections < 1:
             problems.append("RELAY_HTTP_MAX_CONNECTIONS: must be at least 1")
+        for name in ("session_silence", "location_silence", "monitor_interval"):
+            if not getattr(self, name) > 0:
+                problems.append(f"RELAY_{name.upper()}: must be above 0")
         if problems:
             raise ConfigError(problems)
 

@@ -49,6 +49,12 @@ def check_config(args: argparse.Namespace) -> int:
             sys.stderr.write(printable(line) + "\n")
         return 1
     cfg = load_config(path)
+    for source in cfg.pull:
+        if source.default_cpo is None:
+            sys.stderr.write(printable(
+                f"{path}: warning: pull source {source.name} has no default_cpo: OCPI 2.1.1 objects carry no "
+                "country_code/party_id, so those that name no stored location are refused (a pass that refuses "
+                "everything it fetched fails)") + "\n")
     if args.json:
         _print(describe(cfg))
     else:

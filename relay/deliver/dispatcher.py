@@ -48,6 +48,7 @@ class Dispatcher:
         self._rules: tuple[RoutingConfig | None, dict[str, Rule]] = (None, {})
         self._gauged: set[str] = set()
         self._warned: set[tuple[int, str]] = set()
+        self._breakers: set[str] = set()  # targets with a breaker gauge
 
     def reconfigure(self) -> None:
         """Called by the config holder after a reload (SIGHUP or file change)."""
@@ -165,6 +166,12 @@ class Dispatcher:
                 logger.warning("outbox holds deliveries for a target that is not in the config; they stay pending",
                                extra={"target": name, "depth": depth})
         self._gauged = set(counts)
+        now = time.monotonic()
+        for name, loop in list(self.loops.items()):
+            metrics.labelled(metrics.BREAKER_STATE, name).set(loop.breaker_state(now))
+        for name in self._breakers - self.loops.keys():
+            metrics.forget(metrics.BREAKER_STATE, name)
+        self._breakers = set(self.loops)
 
 
 async def _either(a: asyncio.Event, b: asyncio.Event) -> None:

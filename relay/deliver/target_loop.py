@@ -112,6 +112,12 @@ class TargetLoop:
                 # a row whose claim is gone (lease over, taken back) must not be sent on that claim
                 self.held[i] = max(self.held[i], start + lease) if i in kept else 0.0
 
+    def breaker_state(self, now: float) -> int:
+        """For the gauge: 0 closed, 1 half-open (a probe may go), 2 open (sends paused)."""
+        if not self.breaker.is_open:
+            return 0
+        return 2 if self.breaker.wait(now) > 0 else 1
+
     def max_chains(self) -> int:
         return self.target.concurrency * CHAIN_OVERLAP
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from relay.errors import StoreError
 from relay.ingest import Ingestor
 from relay.pull.client import RetryPolicy
-from relay.pull.sync import ResumePoint, pull_source
+from relay.pull.sync import ResumePoint, pull_source, record_pass
 from relay.routing.model import PullSource, RoutingConfig
 from relay.store import Store
 
@@ -100,6 +100,7 @@ async def _run_pass(store: Store, ingestor: Ingestor, source: PullSource, stop: 
     if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
         # a bug or an unexpected failure must not end the schedule (or the relay's TaskGroup)
         logger.error("pull pass crashed", exc_info=result, extra={"source": source.name})
+        record_pass(source.name, False)
 
 
 async def _last_good_run(store: Store, name: str) -> datetime | None:

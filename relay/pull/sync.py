@@ -7,7 +7,8 @@ the sender's clock, so a sender clock behind ours cannot make us skip what it ch
 start minus the overlap covers objects changed on pages already read while the pass ran (their
 new ``last_updated`` is later than the start but can be earlier than the newest one seen), plus a
 minute of clock skew. A pass that saw nothing keeps the old position; a failed pass never moves it.
-Re-reading the overlap is cheap: identical objects create nothing.
+Re-reading the overlap is cheap: identical objects create nothing. A pass that refused every object
+it fetched (``ALL_REFUSED_MIN`` or more) counts as failed and does not move the position either.
 
 A pass that reaches ``PullLimits.max_pages`` stops there without moving the position (lists are in
 creation order, not by ``last_updated``, so what was read says nothing about the rest). With a
@@ -52,6 +53,10 @@ LEVELS = {"locations": "location", "sessions": "session", "cdrs": "cdr", "tariff
 # Objects ingested at once: one group commit takes them together (Settings.batch_max defaults to 512).
 INGEST_CHUNK = 512
 ANY_CPO = (CpoPattern("*", "*"),)
+# A module pass that refused every object it fetched, and fetched at least this many, failed: the
+# source is misconfigured (e.g. no default_cpo for 2.1.1 objects) or the sender broken. A lone refused
+# object is a data problem, kept in `rejected` like a refused push, not a failed pass.
+ALL_REFUSED_MIN = 2
 
 Progress = Callable[["ModuleSummary"], None]
 
@@ -167,6 +172,7 @@ async def pull_source(
                 continue
             summaries.append(await _pull_module(store, ingestor, client, module, prior, full, progress,
                                                 {} if resume is None else resume))
+    record_pass(source.name, all(s.ok for s in summaries))
     return summaries
 
 
@@ -189,6 +195,8 @@ async def _pull_module(
             run.newest = point.newest
         newest = await run.run(date_from, point.next_url if point is not None else None)
         summary.seconds = time.monotonic() - t0
+        if summary.fetched >= ALL_REFUSED_MIN and summary.rejected == summary.fetched:
+            raise PullError(_all_refused(source, summary.fetched), retryable=False)
         if run.cut_at is not None:
             summary.capped = True
             resume[module] = ResumePoint(run.cut_at, date_from, started, newest)
@@ -216,6 +224,22 @@ async def _pull_module(
         "new": summary.new, "changed": summary.changed, "unchanged": summary.unchanged,
         "rejected": summary.rejected, "seconds": round(summary.seconds, 3), "ok": summary.ok})
     return summary
+
+
+def _all_refused(source: PullSource, count: int) -> str:
+    """A pass that stored nothing it fetched fails: the source is misconfigured or the sender broken."""
+    hint = (" (objects without country_code/party_id, as OCPI 2.1.1 sends them, need default_cpo on the source)"
+            if source.default_cpo is None else "")
+    return f"every object fetched ({count}) was refused{hint}; see `relay rejected list`"
+
+
+def record_pass(source: str, ok: bool) -> None:
+    """The pull gauges after one pass of ``source``: last success time, or one more failure in a row."""
+    if ok:
+        metrics.labelled(metrics.PULL_LAST_SUCCESS, source).set(time.time())
+        metrics.labelled(metrics.PULL_FAILURES, source).set(0)
+    else:
+        metrics.labelled(metrics.PULL_FAILURES, source).inc()
 
 
 def _next_position(previous: datetime | None, newest: datetime | None, started: datetime) -> datetime | None:

@@ -212,6 +212,18 @@ class CommitTiming:
     hop_out_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class Monitoring:
+    """What ``Store.monitoring`` counts for the gauges an on-call person is alerted by (README "Alerts")."""
+
+    silent_sessions: int  # ACTIVE sessions not updated since the session cutoff
+    silent_locations: int  # live locations not updated since the location cutoff
+    locations: int  # live (not deleted) locations
+    oldest_open: dict[str, datetime]  # target -> created_at of its oldest pending/in-flight delivery
+    consumer_lag: dict[str, int]  # durable consumer -> events after its committed seq
+    database_bytes: int | None  # None when the size cannot be read
+
+
 class EventLog(abc.ABC):
     """The event log with the current state of every object, consumers' cursors and refused requests."""
 
@@ -324,3 +336,10 @@ class Store(EventLog, Positions):
     @abc.abstractmethod
     async def stats(self) -> dict[str, Any]:
         """Counts for `relay status`: events, last seq, unmatched, rejected, outbox per target, consumers."""
+
+    @abc.abstractmethod
+    async def monitoring(self, *, sessions_before: datetime, locations_before: datetime) -> Monitoring:
+        """The periodic monitoring counts (cheap: run every minute or so): ACTIVE sessions last updated
+        before ``sessions_before``, live locations last updated before ``locations_before`` (an EVSE
+        update updates its location), the oldest open delivery per target, each durable consumer's lag,
+        and the database's size on disk."""

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Select, create_engine, text
+from sqlalchemy import Engine, Select, cast, create_engine, func, select, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
@@ -123,6 +124,13 @@ class PostgresStore(SqlStore):
 
     def _read_time(self, value: Any) -> datetime | None:
         return None if value is None else value.astimezone(UTC)
+
+    def _json_field(self, column: Any, key: str) -> Any:
+        return cast(column, JSONB)[key].astext
+
+    async def _database_bytes(self) -> int:
+        rows = await self._fetch(select(func.pg_database_size(func.current_database())))
+        return int(rows[0][0])
 
     async def start(self) -> None:
         await super().start()

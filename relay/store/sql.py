@@ -26,6 +26,7 @@ from relay.store.base import (
     CommitTiming,
     EventFilter,
     EventRecord,
+    Monitoring,
     Operation,
     Plan,
     RejectedRecord,
@@ -641,6 +642,39 @@ class SqlStore(Store):
             "consumers": {m["name"]: {"seq": int(m["seq"]), "lag": last_seq - int(m["seq"])} for m in consumers},
         }
 
+
+    async def monitoring(self, *, sessions_before: datetime, locations_before: datetime) -> Monitoring:
+        live = STATE.c.deleted == False  # noqa: E712 - SQL comparison, not a Python truth test
+        silent_sessions = select(func.count()).select_from(STATE).where(
+            STATE.c.module == "sessions", live, STATE.c.updated_at < sessions_before,
+            self._json_field(STATE.c.object, "status") == "ACTIVE")
+        locations = select(
+            func.count(), func.count().filter(STATE.c.updated_at < locations_before)
+        ).select_from(STATE).where(STATE.c.module == "locations", live)
+        oldest = (select(DELIVERY.c.target, func.min(DELIVERY.c.created_at))
+                  .where(DELIVERY.c.state.in_(("pending", "in_flight"))).group_by(DELIVERY.c.target))
+        with DB_READ:
+            async with self.engine.connect() as conn:
+                sessions = int((await conn.execute(silent_sessions)).scalar_one())
+                total, silent = (await conn.execute(locations)).one()
+                oldest_open = {t: when for t, when in await conn.execute(oldest) if when is not None}
+                last = int((await conn.execute(select(func.max(EVENT.c.seq)))).scalar_one() or 0)
+                lag = {name: max(0, last - int(seq))
+                       for name, seq in await conn.execute(select(CONSUMER.c.name, CONSUMER.c.seq))}
+        try:
+            size = await self._database_bytes()
+        except (OSError, StoreError) as exc:
+            logger.warning("database size unknown", extra={"error": str(exc)[:200]})
+            size = None
+        return Monitoring(sessions, int(silent), int(total), oldest_open, lag, size)
+
+    def _json_field(self, column: Any, key: str) -> Any:
+        """SQL for the text of ``key`` in a JSON text column (dialects override)."""
+        raise NotImplementedError
+
+    async def _database_bytes(self) -> int:
+        """The database's size on disk (dialects override)."""
+        raise NotImplementedError
 
     # -- pull positions --------------------------------------------------------------------------
     async def get_positions(self, source: str) -> dict[str, PullPosition]:

@@ -17,13 +17,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -185,6 +186,23 @@ class SQLiteStore(SqlStore):
 
     def _read_time(self, value: Any) -> datetime | None:
         return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def _json_field(self, column: Any, key: str) -> Any:
+        return func.json_extract(column, f"$.{key}")
+
+    async def _database_bytes(self) -> int:
+        """The database file plus its WAL (what a backup or the disk has to hold)."""
+        path = self._db_file
+        if not path or path == ":memory:":
+            return 0
+
+        def size() -> int:
+            total = os.path.getsize(path)
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(path + "-wal")
+            return total
+
+        return await asyncio.to_thread(size)
 
 
 # The fenced outcome write of sql_outbox._RECORD as driver-level SQL, fed tuples: SQLAlchemy's per-row
