@@ -52,6 +52,16 @@ HTTP_CONNECTIONS_REFUSED = Counter(
     "header_too_large, connection_limit)", ["reason"], registry=REGISTRY,
 )
 
+REJECTED_DROPPED = Counter(
+    "relay_rejected_dropped", "Refusals answered but not kept: the subscription's `rejected` records are at "
+    "RELAY_REJECTED_MAX_PER_SUBSCRIPTION", ["subscription"], registry=REGISTRY,
+)
+RETENTION_REMOVED = Counter("relay_retention_removed", "Rows removed by retention passes", ["table"], registry=REGISTRY)
+RETENTION_HELD = Gauge(
+    "relay_consumer_retention_held_events", "Events older than RELAY_RETENTION kept because this durable "
+    "consumer's cursor has not passed them (at the last retention pass)", ["consumer"], registry=REGISTRY,
+)
+
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -84,6 +84,9 @@ HELP: dict[str, str] = {
     "http_keepalive_timeout": "seconds an idle kept-alive receiver connection stays open",
     "http_max_header_bytes": "largest request line + headers; larger get 431 and the connection is closed",
     "http_max_connections": "open receiver connections at most; more are closed at once",
+    "retention": "remove what is older than this in the background, e.g. 30d (s, m, h, d); empty = keep all",
+    "retention_interval": "seconds between background retention passes (with RELAY_RETENTION)",
+    "rejected_max_per_subscription": "refusals kept per subscription at most; more are answered, counted, not kept",
 }
 
 
@@ -137,6 +140,10 @@ class Settings:
     http_keepalive_timeout: int = 75
     http_max_header_bytes: int = 16 * 1024
     http_max_connections: int = 1000
+    # retention (`relay prune`, README "Run it for months"): off unless a window like 30d is given
+    retention: str = ""
+    retention_interval: float = 300.0
+    rejected_max_per_subscription: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -197,6 +204,15 @@ class Settings:
             problems.append("RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024")
         if self.http_max_connections < 1:
             problems.append("RELAY_HTTP_MAX_CONNECTIONS: must be at least 1")
+        if self.retention:
+            try:
+                parse_duration(self.retention)
+            except ValueError as exc:
+                problems.append(f"RELAY_RETENTION: {exc}")
+        if not self.retention_interval > 0:
+            problems.append("RELAY_RETENTION_INTERVAL: must be a number of seconds above 0")
+        if self.rejected_max_per_subscription < 0:
+            problems.append("RELAY_REJECTED_MAX_PER_SUBSCRIPTION: must be 0 or more")
         if problems:
             raise ConfigError(problems)
 
@@ -210,3 +226,15 @@ class Settings:
                 user = creds.split(":", 1)[0]
                 return f"{scheme}://{user}:***@{host}"
         return url
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration like ``30d``, ``12h``, ``90m`` or ``45s`` (a positive whole number and a unit)."""
+    value = text.strip().lower()
+    number, unit = value[:-1], value[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
+        raise ValueError(f"expected a positive whole number with a unit s, m, h or d (e.g. 30d), got {text!r}")
+    return float(int(number) * _UNITS[unit])

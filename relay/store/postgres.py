@@ -124,6 +124,10 @@ class PostgresStore(SqlStore):
     def _read_time(self, value: Any) -> datetime | None:
         return None if value is None else value.astimezone(UTC)
 
+    async def _database_bytes(self) -> int | None:
+        return await self._read(lambda conn: int(conn.execute(text("SELECT pg_database_size(current_database())"))
+                                                 .scalar_one()))
+
     async def start(self) -> None:
         await super().start()
         self._listener = asyncio.create_task(self._listen(), name="pg-listen")
