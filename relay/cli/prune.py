@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--older-than", required=True, metavar="DURATION", help="window to keep, e.g. 30d (s, m, h, d)")
     p.add_argument("--dry-run", action="store_true", help="count what would be removed, remove nothing")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--chunk", type=int, default=2000, metavar="N", help="rows per transaction (default 2000)")
+    p.add_argument("--chunk", type=int, default=500, metavar="N", help="rows per transaction (default 500)")
     p.set_defaults(func=prune_command)
 
 

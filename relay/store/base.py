@@ -377,7 +377,7 @@ class Store(EventLog, Positions):
 
     # -- retention -------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 2000,
+    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 500,
                     progress: PruneProgress | None = None) -> PruneReport:
         """Remove what is older than ``cutoff`` and no longer needed, in transactions of at most
         ``chunk`` rows each (ingest goes first between them), and report the counts per table.

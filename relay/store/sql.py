@@ -653,7 +653,7 @@ class SqlStore(Store):
 
 
     # -- retention (relay.store.retention) -------------------------------------------------------
-    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 2000,
+    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 500,
                     progress: PruneProgress | None = None) -> PruneReport:
         return await retention.prune(self, cutoff, dry_run=dry_run, chunk=max(1, chunk), progress=progress)
 

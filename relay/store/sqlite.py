@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -209,8 +210,10 @@ class SQLiteStore(SqlStore):
         database made before auto_vacuum=INCREMENTAL was set needs one VACUUM first (README)."""
         freed = 0
         while True:
+            t0 = time.perf_counter()
             step = await run_write(_vacuum_step)
             freed += step
+            await asyncio.sleep(time.perf_counter() - t0)  # as the prune's chunks: ingest keeps half the time
             if step < VACUUM_STEP:
                 return freed
 
@@ -224,7 +227,7 @@ class SQLiteStore(SqlStore):
         return size
 
 
-VACUUM_STEP = 2000  # pages a prune gives back per write transaction
+VACUUM_STEP = 500  # pages a prune gives back per write transaction
 
 
 def _vacuum_step(conn: Connection) -> int:
