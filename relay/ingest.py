@@ -7,6 +7,7 @@ Refusals (scope, validation, immutability) are stored in ``rejected`` through th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -44,6 +45,7 @@ VALIDATED = frozenset({"locations", "sessions", "cdrs", "tariffs"})
 _SCRUB = str.maketrans("", "", "{}[]")
 DEFAULT_MAX_CLOCK_SKEW = 300  # seconds; Settings.max_clock_skew
 DEFAULT_MAX_OBJECT_BYTES = 2 * 1024 * 1024  # Settings.max_object_bytes
+DEFAULT_REJECTED_MAX = 10_000  # Settings.rejected_max_per_subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,18 +146,21 @@ class Ingestor:
 
     def __init__(self, store: Store, config: Callable[[], RoutingConfig], *, max_depth: int = 32,
                  max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
-                 max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
+                 max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+                 rejected_max: int = DEFAULT_REJECTED_MAX) -> None:
         self.store = store
         self.config = config
         self.max_depth = max_depth
         self.clock_skew = timedelta(seconds=max_clock_skew)
         self.max_object_bytes = max_object_bytes
+        self.rejected_bound = RejectedBound(store, rejected_max)
 
     @classmethod
     def from_settings(cls, store: Store, config: Callable[[], RoutingConfig], settings: Settings) -> Ingestor:
         """An Ingestor with the bounds of ``settings`` (JSON depth, clock skew, object size)."""
         return cls(store, config, max_depth=settings.max_json_depth, max_clock_skew=settings.max_clock_skew,
-                   max_object_bytes=settings.max_object_bytes)
+                   max_object_bytes=settings.max_object_bytes,
+                   rejected_max=settings.rejected_max_per_subscription)
 
     async def handle(self, push: Push) -> Outcome:
         try:
@@ -288,12 +293,65 @@ class Ingestor:
         if push.replay_of is not None:
             await self.store.update_rejected_reason(push.replay_of, err.http_status, err.status_code, err.message)
             return outcome
+        if not await self.rejected_bound.admit(push.source.name):
+            return outcome  # answered as ever, counted, not kept (RELAY_REJECTED_MAX_PER_SUBSCRIPTION)
         try:
             await self.store.submit(_RejectOp(_rejected_row(push, err.http_status, err.status_code, err.message),
                                               outcome))
         except RowRefused:
             logger.error("refused push could not be kept in rejected", extra={"ocpi_module": push.address.module})
         return outcome
+
+
+class RejectedBound:
+    """At most ``limit`` stored refusals per subscription (or pull source): a buggy but authenticated
+    sender cannot fill the disk with them. Past the bound a refusal is still answered, but only
+    counted (``relay_rejected_dropped_total``) and logged once a minute per subscription.
+
+    The counts live in memory: read from the store at the first refusal, then kept up to date here,
+    so a refusal costs a dict lookup. A full subscription's count is read again at most once a
+    minute, so room made by `relay prune` or retention (or the counts of other replicas) is seen."""
+
+    RECHECK_EVERY = 60.0  # seconds between re-reads of a full subscription's count; also the log interval
+
+    def __init__(self, store: Store, limit: int) -> None:
+        self.store, self.limit = store, limit
+        self._counts: dict[str | None, int] | None = None
+        self._seed_lock = asyncio.Lock()
+        self._rechecked: dict[str | None, float] = {}
+        self._logged: dict[str | None, float] = {}
+        self._dropped: dict[str | None, int] = {}
+
+    async def admit(self, subscription: str | None) -> bool:
+        """True when one more refusal of ``subscription`` may be stored (and counts it)."""
+        counts = self._counts
+        if counts is None:
+            async with self._seed_lock:
+                if self._counts is None:
+                    self._counts = await self.store.rejected_counts()
+                counts = self._counts
+        n = counts.get(subscription, 0)
+        if n >= self.limit:
+            now = time.monotonic()
+            if now - self._rechecked.get(subscription, -self.RECHECK_EVERY) >= self.RECHECK_EVERY:
+                self._rechecked[subscription] = now
+                counts = self._counts = await self.store.rejected_counts()
+                n = counts.get(subscription, 0)
+            if n >= self.limit:
+                self._drop(subscription, now)
+                return False
+        counts[subscription] = n + 1
+        return True
+
+    def _drop(self, subscription: str | None, now: float) -> None:
+        name = subscription or ""
+        metrics.labelled(metrics.REJECTED_DROPPED, name).inc()
+        self._dropped[subscription] = self._dropped.get(subscription, 0) + 1
+        if now - self._logged.get(subscription, -self.RECHECK_EVERY) >= self.RECHECK_EVERY:
+            self._logged[subscription] = now
+            logger.warning("rejected store full for this subscription: refusals are answered but not kept",
+                           extra={"subscription": name, "limit": self.limit,
+                                  "dropped": self._dropped.pop(subscription)})
 
 
 # Control characters (C0, DEL, C1) as %XX: a path or reason that carries them (a NUL the database

@@ -95,6 +95,16 @@ MONITOR_REFRESHED = Gauge("relay_monitor_refresh_timestamp_seconds",
                           "Unix time the store-derived gauges (silence, database size, lag) were last refreshed",
                           registry=REGISTRY)
 
+REJECTED_DROPPED = Counter(
+    "relay_rejected_dropped", "Refusals answered but not kept: the subscription's `rejected` records are at "
+    "RELAY_REJECTED_MAX_PER_SUBSCRIPTION", ["subscription"], registry=REGISTRY,
+)
+RETENTION_REMOVED = Counter("relay_retention_removed", "Rows removed by retention passes", ["table"], registry=REGISTRY)
+RETENTION_HELD = Gauge(
+    "relay_consumer_retention_held_events", "Events older than RELAY_RETENTION kept because this durable "
+    "consumer's cursor has not passed them (at the last retention pass)", ["consumer"], registry=REGISTRY,
+)
+
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

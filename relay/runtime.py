@@ -31,6 +31,7 @@ from relay.pull.scheduler import run_schedule
 from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import Store, open_store
+from relay.store.retention import run_retention
 from relay.stream.server import serve_grpc
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,8 @@ def optional_parts(settings: Settings, store: Store, holder: ConfigHolder, info:
         ingestor = Ingestor.from_settings(store, holder, settings)
         parts.append(lambda stop: run_schedule(store, ingestor, holder, stop))
     parts.append(lambda stop: monitor(settings, store, holder, stop))
+    if settings.retention:
+        parts.append(lambda stop: run_retention(store, settings, stop))
     return parts
 
 

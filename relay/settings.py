@@ -87,6 +87,9 @@ HELP: dict[str, str] = {
     "session_silence": "seconds an ACTIVE session may go without a PATCH before relay_sessions_silent counts it",
     "location_silence": "hours a location may go without an update before relay_locations_silent counts it",
     "monitor_interval": "seconds between refreshes of the store-derived gauges (silence, database size, lag)",
+    "retention": "remove what is older than this in the background, e.g. 30d (s, m, h, d); empty = keep all",
+    "retention_interval": "seconds between background retention passes (with RELAY_RETENTION)",
+    "rejected_max_per_subscription": "refusals kept per subscription at most; more are answered, counted, not kept",
 }
 
 
@@ -145,6 +148,10 @@ class Settings:
     session_silence: int = 1800
     location_silence: int = 6
     monitor_interval: float = 60.0
+    # retention (`relay prune`, README "Run it for months"): off unless a window like 30d is given
+    retention: str = ""
+    retention_interval: float = 300.0
+    rejected_max_per_subscription: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -208,6 +215,15 @@ class Settings:
         for name in ("session_silence", "location_silence", "monitor_interval"):
             if not getattr(self, name) > 0:
                 problems.append(f"RELAY_{name.upper()}: must be above 0")
+        if self.retention:
+            try:
+                parse_duration(self.retention)
+            except ValueError as exc:
+                problems.append(f"RELAY_RETENTION: {exc}")
+        if not self.retention_interval > 0:
+            problems.append("RELAY_RETENTION_INTERVAL: must be a number of seconds above 0")
+        if self.rejected_max_per_subscription < 0:
+            problems.append("RELAY_REJECTED_MAX_PER_SUBSCRIPTION: must be 0 or more")
         if problems:
             raise ConfigError(problems)
 
@@ -221,3 +237,15 @@ class Settings:
                 user = creds.split(":", 1)[0]
                 return f"{scheme}://{user}:***@{host}"
         return url
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration like ``30d``, ``12h``, ``90m`` or ``45s`` (a positive whole number and a unit)."""
+    value = text.strip().lower()
+    number, unit = value[:-1], value[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
+        raise ValueError(f"expected a positive whole number with a unit s, m, h or d (e.g. 30d), got {text!r}")
+    return float(int(number) * _UNITS[unit])

@@ -87,6 +87,13 @@ async def status(settings: Settings, *, as_json: bool) -> int:
           f"oldest pending {t['oldest_pending_age_s']}s\n")
     for name, c in sorted(stats["consumers"].items()):
         w(f"consumer {printable(name)}: seq {c['seq']}, lag {c['lag']}\n")
+    size = stats["database_bytes"]
+    w(f"database size: {'unknown' if size is None else f'{size / 1e6:.1f} MB'}; "
+      f"oldest event received {stats['oldest_event_at'] or '-'}\n")
+    w(f"rejected volume: {stats['rejected_count']} records, {stats['rejected_bytes'] / 1e6:.1f} MB of bodies\n")
+    for h in stats["retention_held_by"]:
+        w(f"retention held back by {h['kind']} {printable(h['name'])}: needs events from seq {h['seq']} "
+          f"(received {h['since'] or '-'})\n")
     return 0
 
 

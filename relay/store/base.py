@@ -13,7 +13,7 @@ with the dialect's parts in relay.store.sqlite and relay.store.postgres.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -224,6 +224,56 @@ class Monitoring:
     database_bytes: int | None  # None when the size cannot be read
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionHold:
+    """Something that still needs events, so retention cannot remove them (`relay status`).
+
+    ``kind`` is ``consumer`` (a durable cursor: it needs every event after ``seq - 1``) or ``outbox``
+    (a target with pending, in-flight or dead deliveries: it needs the event ``seq`` and later ones of
+    its own). ``since`` is when the first needed event was received (None when it is not stored)."""
+
+    kind: str
+    name: str
+    seq: int
+    since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What one retention pass removed (or, ``dry_run``, would remove) and what it had to keep.
+
+    ``events_kept`` counts the events received before ``cutoff`` still stored afterwards: the latest
+    event of an object, events a durable consumer has not passed yet (``held_by_consumer``: events
+    per consumer), events with an open delivery (``held_by_outbox``: events per target) and events a
+    kept refusal was replayed as. ``pages_freed``: database pages given back to the file system
+    (SQLite with ``auto_vacuum=INCREMENTAL``; 0 elsewhere)."""
+
+    cutoff: datetime
+    dry_run: bool
+    events: int = 0
+    deliveries: int = 0
+    rejected: int = 0
+    events_kept: int = 0
+    held_by_consumer: dict[str, int] = field(default_factory=dict)
+    held_by_outbox: dict[str, int] = field(default_factory=dict)
+    pages_freed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The documented JSON shape of `relay prune --json`."""
+        return {
+            "cutoff": self.cutoff.isoformat().replace("+00:00", "Z"),
+            "dry_run": self.dry_run,
+            "removed": {"event": self.events, "delivery": self.deliveries, "rejected": self.rejected},
+            "events_kept": self.events_kept,
+            "held_by_consumer": dict(self.held_by_consumer),
+            "held_by_outbox": dict(self.held_by_outbox),
+            "pages_freed": self.pages_freed,
+        }
+
+
+PruneProgress = Callable[[str, int], None]  # (table, rows removed from it so far)
+
+
 class EventLog(abc.ABC):
     """The event log with the current state of every object, consumers' cursors and refused requests."""
 
@@ -343,3 +393,25 @@ class Store(EventLog, Positions):
         before ``sessions_before``, live locations last updated before ``locations_before`` (an EVSE
         update updates its location), the oldest open delivery per target, each durable consumer's lag,
         and the database's size on disk."""
+    # -- retention -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 500,
+                    progress: PruneProgress | None = None) -> PruneReport:
+        """Remove what is older than ``cutoff`` and no longer needed, in transactions of at most
+        ``chunk`` rows each (ingest goes first between them), and report the counts per table.
+
+        Removed: refusals received before ``cutoff`` (replayed ones only once their replay is older
+        than ``cutoff`` too); delivered (``done``) outbox rows last updated before ``cutoff``; events
+        received before ``cutoff`` that every durable consumer's cursor has passed, that no pending,
+        in-flight or dead delivery and no kept refusal's ``replay_seq`` refers to, and that are not
+        the latest event of their object nor the one a current state's ``last_seq`` points to. Current
+        states are never touched. ``dry_run`` counts the same rows and removes nothing. ``progress``
+        is called after each chunk. SQLite then gives freed pages back (``incremental_vacuum``)."""
+
+    @abc.abstractmethod
+    async def retention_holds(self) -> list[RetentionHold]:
+        """Durable consumers and outbox targets that still need events, oldest need first."""
+
+    @abc.abstractmethod
+    async def rejected_counts(self) -> dict[str | None, int]:
+        """Stored refusals per subscription (or pull source): seeds the bound on `rejected`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -35,9 +36,24 @@ def upgrade_to_head(async_url: str) -> None:
     with open(db_file + ".migrate-lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            _incremental_auto_vacuum(db_file)
             command.upgrade(alembic_config(async_url), "head")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _incremental_auto_vacuum(db_file: str) -> None:
+    """A new SQLite database gets ``auto_vacuum=INCREMENTAL`` before its first table, so a prune can
+    give pages back (``PRAGMA incremental_vacuum``). SQLite can set it only while the file holds no
+    table (here an empty VACUUM writes it, WAL or not); an existing database keeps its mode until an
+    operator's VACUUM (README, "Run it for months")."""
+    conn = sqlite3.connect(db_file, isolation_level=None)
+    try:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+    finally:
+        conn.close()
 
 
 def _sqlite_file(async_url: str) -> str | None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Select, cast, create_engine, func, select, text
+from sqlalchemy import Engine, Select, cast, create_engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
@@ -128,9 +128,9 @@ class PostgresStore(SqlStore):
     def _json_field(self, column: Any, key: str) -> Any:
         return cast(column, JSONB)[key].astext
 
-    async def _database_bytes(self) -> int:
-        rows = await self._fetch(select(func.pg_database_size(func.current_database())))
-        return int(rows[0][0])
+    async def _database_bytes(self) -> int | None:
+        return await self._read(lambda conn: int(conn.execute(text("SELECT pg_database_size(current_database())"))
+                                                 .scalar_one()))
 
     async def start(self) -> None:
         await super().start()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import and_, func, or_, select, text, tuple_, update
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay import metrics
 from relay.errors import RowRefused, StoreError
-from relay.store import migrate
+from relay.store import migrate, retention
 from relay.store.base import (
     CommitTiming,
     EventFilter,
@@ -29,7 +30,10 @@ from relay.store.base import (
     Monitoring,
     Operation,
     Plan,
+    PruneProgress,
+    PruneReport,
     RejectedRecord,
+    RetentionHold,
     StateKey,
     Store,
     StoredState,
@@ -37,6 +41,11 @@ from relay.store.base import (
 from relay.store.positions import PullPosition
 from relay.store.tables import CONSUMER, DELIVERY, EVENT, PULL_POSITION, REJECTED, STATE
 from relay.store.writer import GroupCommitWriter
+
+if TYPE_CHECKING:
+    from relay.store.retention import WriteRunner
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -640,6 +649,7 @@ class SqlStore(Store):
             "rejected_open": int(rej["n"]) - int(rej["replayed"]),
             "targets": targets,
             "consumers": {m["name"]: {"seq": int(m["seq"]), "lag": last_seq - int(m["seq"])} for m in consumers},
+            **await self._retention_stats(),
         }
 
 
@@ -672,9 +682,53 @@ class SqlStore(Store):
         """SQL for the text of ``key`` in a JSON text column (dialects override)."""
         raise NotImplementedError
 
-    async def _database_bytes(self) -> int:
+    # -- retention (relay.store.retention) -------------------------------------------------------
+    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 500,
+                    progress: PruneProgress | None = None) -> PruneReport:
+        return await retention.prune(self, cutoff, dry_run=dry_run, chunk=max(1, chunk), progress=progress)
+
+    async def retention_holds(self) -> list[RetentionHold]:
+        return await self._read(retention.holds)
+
+    async def rejected_counts(self) -> dict[str | None, int]:
+        return await self._read(retention.rejected_counts)
+
+    async def _retention_stats(self) -> dict[str, Any]:
+        """`relay status`'s size, oldest event, refusals' volume and what holds retention back."""
+        out = await self._read(retention.volume)
+        out["database_bytes"] = await self._database_bytes()
+        out["retention_held_by"] = [
+            {"kind": h.kind, "name": h.name, "seq": h.seq,
+             "since": h.since.isoformat().replace("+00:00", "Z") if h.since else None}
+            for h in await self.retention_holds()
+        ]
+        return out
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
+        """``work`` on a read connection (the async engine's, run through its sync facade)."""
+        with DB_READ:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(work)
+
+    @contextlib.asynccontextmanager
+    async def _maintenance(self) -> AsyncIterator[WriteRunner]:
+        """A runner of short write transactions for maintenance (retention) next to ingest; SQLite
+        overrides it to queue behind the group commit at its write gate."""
+
+        async def run(work: Callable[[Connection], T]) -> T:
+            with DB_WRITE:
+                async with self.write_engine.begin() as conn:
+                    return await conn.run_sync(work)
+
+        yield run
+
+    async def _reclaim_space(self, run_write: WriteRunner) -> int:
+        """After a prune: give free pages back to the file system (SQLite); pages freed."""
+        return 0
+
+    async def _database_bytes(self) -> int | None:
         """The database's size on disk (dialects override)."""
-        raise NotImplementedError
+        return None
 
     # -- pull positions --------------------------------------------------------------------------
     async def get_positions(self, source: str) -> dict[str, PullPosition]:

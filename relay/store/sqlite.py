@@ -20,7 +20,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,7 +33,8 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from relay.store.base import Operation, Plan
 from relay.store.outbox import Outbox, OutcomeWrite
-from relay.store.sql import SqlStore
+from relay.store.retention import WriteRunner
+from relay.store.sql import DB_WRITE, SqlStore
 from relay.store.sql_outbox import OUTBOX_WRITE, Fenced, SqlOutbox
 
 logger = logging.getLogger(__name__)
@@ -190,19 +192,69 @@ class SQLiteStore(SqlStore):
     def _json_field(self, column: Any, key: str) -> Any:
         return func.json_extract(column, f"$.{key}")
 
-    async def _database_bytes(self) -> int:
-        """The database file plus its WAL (what a backup or the disk has to hold)."""
-        path = self._db_file
-        if not path or path == ":memory:":
-            return 0
+    # -- retention -------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _maintenance(self) -> AsyncIterator[WriteRunner]:
+        # a thread and connection of its own, behind the group commit at the write gate (as the
+        # delivery workers' outbox writes): a prune chunk never makes a push wait on the busy handler
+        thread = _OwnThread(self)
 
-        def size() -> int:
-            total = os.path.getsize(path)
-            with contextlib.suppress(FileNotFoundError):
-                total += os.path.getsize(path + "-wal")
-            return total
+        async def run(work: Callable[[Connection], T]) -> T:
+            with DB_WRITE:
+                return await thread.run(work)
 
-        return await asyncio.to_thread(size)
+        try:
+            yield run
+        finally:
+            await thread.close()
+
+    async def _reclaim_space(self, run_write: WriteRunner) -> int:
+        """``incremental_vacuum`` in steps of ``VACUUM_STEP`` pages, each its own transaction; a
+        database made before auto_vacuum=INCREMENTAL was set needs one VACUUM first (README)."""
+        freed = 0
+        while True:
+            t0 = time.perf_counter()
+            step = await run_write(_vacuum_step)
+            freed += step
+            await asyncio.sleep(time.perf_counter() - t0)  # as the prune's chunks: ingest keeps half the time
+            if step < VACUUM_STEP:
+                return freed
+
+    async def _database_bytes(self) -> int | None:
+        size = await self._read(
+            lambda conn: int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+            * int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+        )
+        if self._db_file and self._db_file != ":memory:":
+            size += await asyncio.to_thread(_file_size, self._db_file + "-wal")
+        return size
+
+
+VACUUM_STEP = 500  # pages a prune gives back per write transaction
+
+
+def _vacuum_step(conn: Connection) -> int:
+    if conn.exec_driver_sql("PRAGMA auto_vacuum").scalar_one() != 2:  # 2 = INCREMENTAL
+        return 0
+    before = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
+    if not before:
+        return 0
+    # SQLite frees one page per step of the statement, and Python's sqlite3 steps a statement that
+    # returns no columns once per execute (fetchall does not step it again): one execute per page
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for _ in range(min(before, VACUUM_STEP)):
+            cur.execute("PRAGMA incremental_vacuum")
+    finally:
+        cur.close()
+    return before - int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 # The fenced outcome write of sql_outbox._RECORD as driver-level SQL, fed tuples: SQLAlchemy's per-row
