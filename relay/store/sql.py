@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relay import metrics
 from relay.errors import RowRefused, StoreError
 from relay.store import migrate
-from relay.store.packing import pack, unpack
 from relay.store.base import (
     CommitTiming,
     EventFilter,
@@ -34,6 +33,7 @@ from relay.store.base import (
     Store,
     StoredState,
 )
+from relay.store.packing import pack, unpack
 from relay.store.positions import PullPosition
 from relay.store.tables import CONSUMER, DELIVERY, EVENT, PULL_POSITION, REJECTED, STATE
 from relay.store.writer import GroupCommitWriter

@@ -12,11 +12,13 @@ Create Date: 2026-11-26 10:00:00
   ``ORDER BY last_seq`` reads one object id's rows through ``ix_state_module_object_id``), and an index
   on a column that changes on every update makes every PostgreSQL update of a state row a non-HOT one
   (a dead row version plus new entries in every index).
-- PostgreSQL: ``state`` keeps a quarter of each page free (fillfactor 75) for its HOT updates, and
-  ``state`` and ``delivery`` are vacuumed and analyzed after 2 % of their rows changed (default 20 % /
-  10 %), so dead rows are reclaimed while the table is small instead of after it doubled. ``delivery``
-  keeps the default fillfactor: each of its updates (claim, outcome) changes ``state``, which the due
-  index holds, so none can be HOT and free room on its pages would only be wasted.
+- PostgreSQL: ``state`` keeps half of each page free (fillfactor 50) for its HOT updates, and ``state``
+  and ``delivery`` are vacuumed and analyzed after 2 % of their rows changed (default 20 % / 10 %), so
+  dead rows are reclaimed while the table is small instead of after it doubled. Measured with 1.5 KB
+  locations, 100 objects, 1,900 updates: fillfactor 75 made 88 % of them HOT and the table kept growing
+  (108 pages), 50 made all of them HOT in 50 pages (two rows a page, room for their next versions).
+  ``delivery`` keeps the default fillfactor: each of its updates (claim, outcome) changes ``state``,
+  which the due index holds, so none can be HOT and free room on its pages would only be wasted.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         # packed is compressed already: no second compression attempt by the TOAST code
         op.execute("ALTER TABLE event ALTER COLUMN packed SET STORAGE EXTERNAL")
-        op.execute("ALTER TABLE state SET (fillfactor = 75, autovacuum_vacuum_scale_factor = 0.02, "
+        op.execute("ALTER TABLE state SET (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.02, "
                    "autovacuum_analyze_scale_factor = 0.02)")
         op.execute("ALTER TABLE delivery SET (autovacuum_vacuum_scale_factor = 0.02, "
                    "autovacuum_analyze_scale_factor = 0.02)")
