@@ -109,10 +109,21 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
                                              "max_deviation", "slope_mib_per_min", "warmup_s")}
         out["memory"]["achieved"] = mem["load"]["rate"]
         out["memory"]["flat"] = mem["max_deviation"] <= TARGETS["rss_band"]
+    sz = results.get("size")
+    if sz and "rows" in sz:
+        sq = sz["rows"].get("sqlite")
+        out["size"] = {"rows": sz["rows"],
+                       "sqlite_ok": all(r["db_ratio"] <= 1.5 for r in sq.values()) if sq else None}
     return out
 
 
 # -- verdicts ------------------------------------------------------------------------------------------
+
+
+def results_size(fig: dict[str, Any]) -> str | None:
+    """The SQLite bytes-per-event ratios as one value ("0.80x / 0.54x"), None when not measured."""
+    rows = fig.get("size", {}).get("rows", {}).get("sqlite")
+    return " / ".join(f"{r['db_ratio']:.2f}x" for r in rows.values()) if rows else None
 
 
 def _verdict(ok: bool | None) -> str:
@@ -164,6 +175,9 @@ def targets(fig: dict[str, Any]) -> list[dict[str, Any]]:
     relays = [r for r in rows.values() if r["kind"] == "relay"]
     runs = sum(r["runs"] for r in relays)
     passed = sum(r["checks_passed"] for r in relays)
+    size = results_size(fig)
+    add("stored bytes per event, SQLite, vs pushed body", size or "-", "<= 1.5x",
+        fig["size"]["sqlite_ok"] if "size" in fig and fig["size"]["sqlite_ok"] is not None else None)
     add("CHECK stored events == 1000 answers (every relay ingest run)", f"{passed}/{runs} runs",
         "all runs", passed == runs if relays else None, "check")
     add("CHECK per-object delivery order at the sink", f"{dl['violations']} violations" if dl else "-", "0",
@@ -250,6 +264,17 @@ def table(results: dict[str, Any], fig: dict[str, Any], lines: list[dict[str, An
           f"{_pct(-dl['failing_drop'])} vs healthy alone (median of same-round ratios)")
         w(f"  per-object order at the sink: {dl['violations']} violations, {dl['duplicates']} redeliveries"
           f"{'' if dl['complete'] else ', NOT ALL ROWS DELIVERED'}")
+    sz = results.get("size")
+    if sz:
+        w("")
+        w(f"SIZE  stored bytes per event: {sz['events']:,} location PUTs over {sz['objects']} objects (each "
+          "applied), fresh database; db = growth of every relay table with indexes (and TOAST), event = "
+          "the event table with its indexes")
+        w(f"  {'':28s}{'body B':>8s}{'db B/ev':>9s}{'x body':>8s}{'event B/ev':>12s}{'x body':>8s}")
+        for kind, rows in sz["rows"].items():
+            for name, r in rows.items():
+                w(f"  {kind + ', ' + name:28s}{r['body_bytes']:>8,}{r['db_bytes_per_event']:>9,}{r['db_ratio']:>7.2f}x"
+                  f"{r['event_bytes_per_event']:>12,}{r['event_ratio']:>7.2f}x")
     mem = fig.get("memory")
     if mem:
         w("")

@@ -2,7 +2,7 @@
 same run, on this machine.
 
     .venv/bin/python bench/run.py [--quick] [--db sqlite,postgres] [--duration S] [--out FILE]
-                                  [--sections ingest,stream,delivery,steady,memory] [--loadgen auto|wrk|python]
+                                  [--sections ingest,stream,delivery,steady,memory,size] [--loadgen auto|wrk|python]
 
 Run from a clone after ``pip install -e '.[test]'`` (or ``pip install . psutil``); PostgreSQL is
 used when ``--db`` names it (``--pg-url``, default ``$RELAY_TEST_PG_URL`` or
@@ -61,7 +61,7 @@ import sections  # noqa: E402
 from common import BENCH_DIR, Children, machine_info, pg_reachable  # noqa: E402
 from context import Bench, Plan, Progress  # noqa: E402
 
-SECTIONS = ["ingest", "stream", "delivery", "steady", "memory"]
+SECTIONS = ["ingest", "stream", "delivery", "steady", "memory", "size"]
 FALLBACK_RATE = 500.0  # pushes/s of the paced runs when the ingest section did not run
 
 
@@ -126,6 +126,7 @@ def count_steps(plan: Plan) -> int:
         "delivery": 2 + plan.runs * 3,
         "steady": 1,
         "memory": 1,
+        "size": 1,
     }
     return sum(steps[s] for s in plan.sections)
 
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                     results["stream"] = sections.stream(bench, results.get("ingest"))
                 elif name == "delivery":
                     results["delivery"] = sections.delivery(bench)
+                elif name == "size":
+                    results["size"] = sections.size(bench)
                 else:
                     steady_rate, mem_rate, why = paced_rates(results, plan, args.paced_rate)
                     results["paced_rates"] = why

@@ -1,4 +1,4 @@
-"""The measurements: ingest, stream, delivery, steady (lag and latency) and memory.
+"""The measurements: ingest, stream, delivery, steady (lag and latency), memory and size (bytes per event).
 
 Each section starts its own servers, then interleaves ceiling and relay runs round by round, so a
 burst of load from elsewhere on the machine tends to hit both sides of a ratio. Sections return
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any
 
 import psutil
 from common import (
+    BENCH_DIR,
     Child,
     Database,
     TargetSpec,
@@ -352,3 +355,19 @@ def memory(b: Bench, rate: float) -> dict[str, Any]:
         "max_mib": max(rss, default=0) / 2**20, "after_warmup_mib": ref / 2**20, "max_deviation": spread,
         "slope_mib_per_min": slope([t for t, _ in post], [s / 2**20 for _, s in post]) * 60 if len(post) > 1 else 0.0,
     }
+
+
+# -- size ---------------------------------------------------------------------------------------------
+
+
+def size(b: Bench) -> dict[str, Any]:
+    """Stored bytes per event (bench/store_size.py in a process of its own, on fresh databases)."""
+    plan = b.plan
+    events = 2000 if plan.quick else 4000
+    b.progress.step(f"size: bytes per event, {events} location PUTs on {', '.join(plan.dbs)}")
+    out = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "store_size.py"), "--json", "--db", ",".join(plan.dbs), "--events",
+         str(events), "--objects", "100", "--pg-url", plan.pg_url],
+        capture_output=True, text=True, timeout=1800, check=True,
+    )
+    return {"events": events, "objects": 100, "rows": json.loads(out.stdout.strip().splitlines()[-1])}

@@ -38,6 +38,7 @@ from relay.store.base import (
     Store,
     StoredState,
 )
+from relay.store.packing import pack, unpack
 from relay.store.positions import PullPosition
 from relay.store.tables import CONSUMER, DELIVERY, EVENT, PULL_POSITION, REJECTED, STATE
 from relay.store.writer import GroupCommitWriter
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 # Column orders of the group commit's driver-level inserts (the tuples in _apply_batch follow them).
 EVENT_COLS = ("seq", "module", "action", "country_code", "party_id", "object_id", "evse_uid", "connector_id",
               "last_updated", "received_at", "origin", "subscription", "request_id", "status", "body",
-              "body_hash", "object")
+              "body_hash", "object", "packed")
 STATE_COLS = ("module", "country_code", "party_id", "object_id", "object", "object_hash", "last_updated",
               "last_seq", "deleted", "updated_at")
 DELIVERY_COLS = ("seq", "target", "rule", "object_key", "state", "attempts", "next_attempt_at", "created_at",
@@ -174,12 +175,14 @@ def _state(row: Row[Any]) -> StoredState:
 
 def event_record(row: Row[Any]) -> EventRecord:
     m = row._mapping
+    packed = m["packed"]
+    body, obj = unpack(packed) if packed is not None else (m["body"], m["object"])
     return EventRecord(
         seq=m["seq"], module=m["module"], action=m["action"], country_code=m["country_code"],
         party_id=m["party_id"], object_id=m["object_id"], evse_uid=m["evse_uid"],
         connector_id=m["connector_id"], last_updated=m["last_updated"], received_at=m["received_at"],
         origin=m["origin"], subscription=m["subscription"], request_id=m["request_id"],
-        status=m["status"], body=m["body"], object=m["object"],
+        status=m["status"], body=body, object=obj,
     )
 
 
@@ -441,7 +444,7 @@ class SqlStore(Store):
                 events.append((
                     seq, ev.module, ev.action, ev.country_code, ev.party_id, ev.object_id, ev.evse_uid,
                     ev.connector_id, t(ev.last_updated), t(ev.received_at), ev.origin, ev.subscription,
-                    ev.request_id, ev.status, ev.body, ev.body_hash, ev.object,
+                    ev.request_id, ev.status, "", ev.body_hash, None, pack(ev.body, ev.object),
                 ))
                 for d in plan.deliveries:
                     # order of DELIVERY_COLS

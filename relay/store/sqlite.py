@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from relay.store.base import Operation, Plan
+from relay.store.migrate import SQLITE_PAGE_SIZE
 from relay.store.outbox import Outbox, OutcomeWrite
 from relay.store.retention import WriteRunner
 from relay.store.sql import DB_WRITE, SqlStore
@@ -50,6 +51,7 @@ def apply_pragmas(engine: Engine, *, immediate: bool, busy_ms: int) -> None:
         # Let SQLAlchemy's "begin" event decide how transactions start (pysqlite's own BEGIN is deferred).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")  # a no-op unless the file is new
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")

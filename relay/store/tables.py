@@ -65,19 +65,21 @@ class Event(SQLModel, table=True):
     # applied: changed the state and is streamed/forwarded; stale: older than the state, kept only;
     # unmatched: an EVSE/connector push whose parent could not be found (surfaced by `relay status`)
     status: str = Field(sa_column=Column(String(16), nullable=False))
+    # body and object as they were written before revision 0005; rows written since keep body = '' and
+    # object = NULL and hold both in ``packed`` (format: relay.store.packing; the store's reads decode it)
     body: str = Field(sa_column=Column(Text, nullable=False))
     body_hash: str = Field(sa_column=Column(String(64), nullable=False))
     object: str | None = Field(default=None, sa_column=Column(Text))
+    packed: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
 
 
 class State(SQLModel, table=True):
     """Merged current state of every object, one row per (module, CPO, id); locations nest EVSEs."""
 
     __tablename__ = "state"
-    __table_args__ = (
-        Index("ix_state_module_object_id", "module", "object_id"),
-        Index("ix_state_last_seq", "last_seq"),
-    )
+    # No index on a column every update changes (last_seq, object, ...): PostgreSQL then updates rows
+    # in place on their page (HOT) instead of leaving a dead row and new index entries per push.
+    __table_args__ = (Index("ix_state_module_object_id", "module", "object_id"),)
 
     module: str = Field(sa_column=Column(String(32), primary_key=True))
     country_code: str = Field(sa_column=Column(String(2), primary_key=True))
