@@ -84,6 +84,8 @@ HELP: dict[str, str] = {
     "http_keepalive_timeout": "seconds an idle kept-alive receiver connection stays open",
     "http_max_header_bytes": "largest request line + headers; larger get 431 and the connection is closed",
     "http_max_connections": "open receiver connections at most; more are closed at once",
+    "sqlite_wal_max_bytes": "SQLite: the -wal file's size limit; past half of it a checkpoint pauses writes briefly "
+                            "and truncates it",
 }
 
 
@@ -137,6 +139,8 @@ class Settings:
     http_keepalive_timeout: int = 75
     http_max_header_bytes: int = 16 * 1024
     http_max_connections: int = 1000
+    # SQLite: the WAL file is checkpointed and truncated (writers paused) before it passes this size
+    sqlite_wal_max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -197,6 +201,8 @@ class Settings:
             problems.append("RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024")
         if self.http_max_connections < 1:
             problems.append("RELAY_HTTP_MAX_CONNECTIONS: must be at least 1")
+        if self.sqlite_wal_max_bytes < 1024 * 1024:
+            problems.append("RELAY_SQLITE_WAL_MAX_BYTES: must be at least 1048576 (1 MiB)")
         if problems:
             raise ConfigError(problems)
 
