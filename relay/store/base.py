@@ -13,7 +13,7 @@ with the dialect's parts in relay.store.sqlite and relay.store.postgres.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -212,6 +212,16 @@ class CommitTiming:
     hop_out_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """What ``Store.backup`` wrote: a consistent copy holding every event up to ``last_seq``."""
+
+    path: str
+    pages: int
+    bytes: int
+    last_seq: int
+
+
 class EventLog(abc.ABC):
     """The event log with the current state of every object, consumers' cursors and refused requests."""
 
@@ -324,3 +334,11 @@ class Store(EventLog, Positions):
     @abc.abstractmethod
     async def stats(self) -> dict[str, Any]:
         """Counts for `relay status`: events, last seq, unmatched, rejected, outbox per target, consumers."""
+
+    @abc.abstractmethod
+    async def backup(self, path: str, progress: Callable[[int, int], None] | None = None) -> BackupInfo:
+        """Write a consistent copy of the database to the new file ``path`` while writers go on.
+
+        ``progress(done, total)`` (pages) is called from a worker thread as the copy proceeds. A
+        backend whose copies are made by the database's own tools raises ``relay.errors.ConfigError``
+        saying which."""

@@ -41,7 +41,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
-from relay.store.base import Operation, Plan
+from relay.errors import StoreError
+from relay.store.base import BackupInfo, Operation, Plan
 from relay.store.outbox import Outbox, OutcomeWrite
 from relay.store.sql import SqlStore
 from relay.store.sql_outbox import OUTBOX_WRITE, Fenced, SqlOutbox
@@ -54,7 +55,9 @@ CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
 WAL_CHECK_EVERY = 0.05  # seconds between looks at the -wal file's size
 WAL_MAX_BYTES = 256 * 1024 * 1024  # default RELAY_SQLITE_WAL_MAX_BYTES
 TRUNCATE_AT = 0.5  # share of the limit at which the WAL is checkpointed and truncated
-TRUNCATE_BUSY_MS = 2000  # how long a truncating checkpoint waits for readers (writers paused meanwhile)
+TRUNCATE_BUSY_MS = 500  # how long a truncating checkpoint waits for readers (writers paused meanwhile)
+TRUNCATE_BACKOFF_MAX = 30.0  # seconds between tries while a long reader (a backup) keeps the WAL busy
+BACKUP_STEP_PAGES = 1024  # pages `Store.backup` copies per step (progress is reported after each)
 
 
 def apply_pragmas(engine: Engine, *, immediate: bool, busy_ms: int) -> None:
@@ -127,6 +130,8 @@ class SQLiteStore(SqlStore):
         self.wal_max_bytes = wal_max_bytes or WAL_MAX_BYTES
         self._wal_file = f"{self._db_file}-wal"
         self._last_passive = 0.0
+        self._truncate_after = 0.0  # monotonic time before which no truncation is tried (back-off)
+        self._truncate_backoff = 0.0
         for engine in (self._batch_engine, self.engine.sync_engine, self.write_engine.sync_engine):
             self.limit_journal(engine)
 
@@ -172,7 +177,7 @@ class SQLiteStore(SqlStore):
             size = os.stat(self._wal_file).st_size
         except FileNotFoundError:
             size = 0
-        if size >= self.wal_max_bytes * TRUNCATE_AT:
+        if size >= self.wal_max_bytes * TRUNCATE_AT and time.monotonic() >= self._truncate_after:
             self._truncate_wal(size)
         elif time.monotonic() - self._last_passive >= CHECKPOINT_EVERY:
             self._checkpoint()  # (with nothing new in the WAL this returns at once)
@@ -203,10 +208,61 @@ class SQLiteStore(SqlStore):
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         extra = {"wal_bytes": size, "wait_ms": round((held - asked) * 1000, 1),
                  "pause_ms": round((released - held) * 1000, 1)}
-        if busy:  # a reader stayed longer than TRUNCATE_BUSY_MS: the next look tries again
-            logger.warning("sqlite_wal_truncate_busy", extra={**extra, "frames": frames})
+        if busy:
+            # A reader stayed longer than TRUNCATE_BUSY_MS (a backup or another process's long read):
+            # try again later, waiting longer each time, so that writers are not paused over and over.
+            self._truncate_backoff = min(TRUNCATE_BACKOFF_MAX, max(0.5, self._truncate_backoff * 2))
+            self._truncate_after = time.monotonic() + self._truncate_backoff
+            logger.warning("sqlite_wal_truncate_busy",
+                           extra={**extra, "frames": frames, "retry_in_s": self._truncate_backoff})
         else:
+            self._truncate_backoff = 0.0
             logger.info("sqlite_wal_truncated", extra=extra)
+
+    # -- backup ----------------------------------------------------------------------------------
+    async def backup(self, path: str, progress: Callable[[int, int], None] | None = None) -> BackupInfo:
+        """SQLite's online backup, in steps of ``BACKUP_STEP_PAGES`` on a thread of its own.
+
+        The source connection holds one read transaction for the whole copy: every step reads the
+        same snapshot (SQLite restarts a backup whose source another connection changed between steps,
+        which under steady ingest would never finish), and writers go on meanwhile (WAL). The copy
+        is written to ``path``.partial and renamed when complete."""
+        if not self._db_file or self._db_file == ":memory:":
+            raise StoreError("an in-memory database cannot be backed up")
+        return await asyncio.to_thread(self._backup, path, progress)
+
+    def _backup(self, path: str, progress: Callable[[int, int], None] | None) -> BackupInfo:
+        if os.path.exists(path):
+            raise StoreError(f"backup target {path!r} exists; choose a new file")
+        partial = path + ".partial"
+        try:
+            src = sqlite3.connect(self._db_file or "", timeout=self.timeout, isolation_level=None)
+            dst = sqlite3.connect(partial, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the backup files: {exc}") from exc
+        try:
+            src.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            src.execute("BEGIN")
+            last_seq = src.execute("SELECT coalesce(max(seq), 0) FROM event").fetchone()[0]  # the snapshot starts
+            pages = src.execute("PRAGMA page_count").fetchone()[0]
+            page_size = src.execute("PRAGMA page_size").fetchone()[0]
+
+            def step(_status: int, remaining: int, total: int) -> None:
+                if progress is not None:
+                    progress(total - remaining, total)
+
+            src.backup(dst, pages=BACKUP_STEP_PAGES, progress=step)
+            src.execute("COMMIT")
+            dst.close()
+            os.replace(partial, path)
+        except (sqlite3.Error, OSError) as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise StoreError(f"backup failed: {exc}") from exc
+        finally:
+            dst.close()
+            src.close()
+        return BackupInfo(path=path, pages=pages, bytes=pages * page_size, last_seq=int(last_seq))
 
     def _close_checkpoint_conn(self) -> None:
         if self._checkpoint_conn is not None:
