@@ -237,9 +237,13 @@ class SQLiteStore(SqlStore):
         partial = path + ".partial"
         try:
             src = sqlite3.connect(self._db_file or "", timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database: {exc}") from exc
+        try:
             dst = sqlite3.connect(partial, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the backup files: {exc}") from exc
+            src.close()
+            raise StoreError(f"cannot create {partial!r}: {exc}") from exc
         try:
             src.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             src.execute("BEGIN")
