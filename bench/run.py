@@ -30,6 +30,10 @@ What it measures (medians of 3 runs, 1 with ``--quick``; ceiling and relay runs 
   sampled every second.
 - memory: RSS of `relay serve` at the target rate (capped at 90 % of the measured one) for 60 s
   (20 s with --quick) with a subscriber reading one event per 10 ms.
+- soak (only when named in ``--sections``): paced pushes at 80 % of the maximum ingest rate (the
+  ingest section's, else a 5 s closed-loop run) for ``--soak-duration`` seconds (600) with a webhook
+  target and two subscribers: the SQLite -wal file's size and the RSS over time, ingest p99, and the
+  writers' pauses of the truncating checkpoints (relay.store.sqlite).
 
 It prints a progress line on stderr, then the table and the verdict of every target on stdout, and
 writes every run's raw numbers with machine facts to bench/results/<UTC time>-<commit>.json.
@@ -62,6 +66,7 @@ from common import BENCH_DIR, Children, machine_info, pg_reachable  # noqa: E402
 from context import Bench, Plan, Progress  # noqa: E402
 
 SECTIONS = ["ingest", "stream", "delivery", "steady", "memory", "size"]
+OPT_IN = ["soak"]  # long runs, only when named in --sections
 FALLBACK_RATE = 500.0  # pushes/s of the paced runs when the ingest section did not run
 
 
@@ -74,7 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per ingest/stream/delivery-ceiling run "
                    "(default 5/4/4, --quick 3)")
     p.add_argument("--runs", type=int, help="runs per figure (default 3, --quick 1)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"subset of {','.join(SECTIONS + OPT_IN)} (default: all but {','.join(OPT_IN)})")
+    p.add_argument("--soak-duration", type=float, default=600.0,
+                   help="seconds of the soak section's paced run (default 600)")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="ingest load generator; auto = wrk when installed")
     p.add_argument("--pg-url", default=os.environ.get("RELAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -100,8 +108,8 @@ def make_plan(args: argparse.Namespace, progress_note: Any) -> Plan:
         raise SystemExit("no database left to measure")
     sections_ = [s.strip() for s in args.sections.split(",") if s.strip()]
     for s in sections_:
-        if s not in SECTIONS:
-            raise SystemExit(f"--sections: unknown section {s!r} ({', '.join(SECTIONS)})")
+        if s not in SECTIONS + OPT_IN:
+            raise SystemExit(f"--sections: unknown section {s!r} ({', '.join(SECTIONS + OPT_IN)})")
     loadgen = args.loadgen
     if loadgen == "auto":
         loadgen = "wrk" if shutil.which("wrk") else "python"
@@ -127,6 +135,7 @@ def count_steps(plan: Plan) -> int:
         "steady": 1,
         "memory": 1,
         "size": 1,
+        "soak": 2,
     }
     return sum(steps[s] for s in plan.sections)
 
@@ -146,6 +155,25 @@ def paced_rates(results: dict[str, Any], plan: Plan, fixed: float | None = None)
     why = (f"target ingest rate {target:,.0f}/s ({plan.dbs[0]} target x ceiling), measured {measured:,.0f}/s: "
            f"steady = half of the smaller, memory = the target capped at 90 % of the measured")
     return steady, mem, why
+
+
+def soak_summary(r: dict[str, Any]) -> str:
+    """The soak section's lines: WAL and RSS over time, ingest p99, the checkpoints' pauses."""
+    load = r["load"]
+    out = [f"\nsoak ({r['db']}): {r['rate_target']:.0f} pushes/s ({r['rate_basis']}) for {r['seconds']:g} s, "
+           f"webhook target, 2 subscribers; {load['ok']} answered 1000 of {load['sent']}, {r['stored']} stored",
+           f"  ingest p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms",
+           f"  WAL: largest {r['wal_max_mib']:.1f} MiB (limit {r['wal_limit_mib']:.0f} MiB); "
+           f"{r['truncations']} truncating checkpoints, writers paused {r['pause_ms_p50']} ms median, "
+           f"{r['pause_ms_max']} ms longest; {r['truncate_busy']} found a reader in the way",
+           f"  RSS: {r['rss_first_mib']:.1f} MiB first, {r['rss_max_mib']:.1f} max, {r['rss_last_mib']:.1f} last, "
+           f"slope {r['rss_slope_mib_per_min']:+.2f} MiB/min",
+           "  time s   RSS MiB   WAL MiB"]
+    samples = r["samples"]
+    step = max(1, len(samples) // 20)
+    for t, rss, wal in samples[::step]:
+        out.append(f"  {t:6.0f} {rss / 2**20:9.1f} {wal / 2**20:9.1f}")
+    return "\n".join(out)
 
 
 def default_out(started: str, commit: str) -> Path:
@@ -178,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                     results["delivery"] = sections.delivery(bench)
                 elif name == "size":
                     results["size"] = sections.size(bench)
+                elif name == "soak":
+                    results["soak"] = sections.soak(bench, sections.durable_rate(results.get("ingest"), plan.dbs[0]),
+                                                    args.soak_duration)
                 else:
                     steady_rate, mem_rate, why = paced_rates(results, plan, args.paced_rate)
                     results["paced_rates"] = why
@@ -208,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = report.targets(fig)
     results["figures"], results["targets"] = fig, lines
     print(report.table(results, fig, lines))
+    if "soak" in results:
+        print(soak_summary(results["soak"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nresults: {out}")

@@ -371,3 +371,66 @@ def size(b: Bench) -> dict[str, Any]:
         capture_output=True, text=True, timeout=1800, check=True,
     )
     return {"events": events, "objects": 100, "rows": json.loads(out.stdout.strip().splitlines()[-1])}
+# -- soak: bounded WAL and RSS over minutes ------------------------------------------------------------
+
+
+def soak(b: Bench, max_rate: float | None, seconds: float) -> dict[str, Any]:
+    """Paced ingest at 80 % of the maximum ingest rate for ``seconds`` (``--soak-duration``) with a
+    webhook target and two gRPC subscribers: the -wal file's size and the RSS over time, the ingest
+    p99, and the writers' pauses of the truncating checkpoints (``sqlite_wal_truncated`` log lines)."""
+    plan, wd = b.plan, b.workdir
+    kind = plan.dbs[0]
+    sink = b.start("sink", "sink.py")
+    sink_port = sink.port("sink_listening", 60)
+    db = b.new_db(kind, "soak")
+    cfg = relay_config(wd / "soak.yaml", [TargetSpec("partner", f"http://127.0.0.1:{sink_port}/hook", 16)],
+                       stream=True)
+    relay = b.start_relay("relay-soak", relay_env(db.url, cfg, RELAY_LOG_LEVEL="INFO"))
+    http_port, grpc_port = relay.port("http_listening", 180), relay.port("grpc_listening", 60)
+    how = "80 % of the ingest section's SQLite rate"
+    if not max_rate:
+        b.progress.step("soak: measuring the maximum ingest rate of this relay (5 s closed loop)")
+        max_rate = b.load(http_port, "soak-max-", 5.0)["rate"]
+        how = "80 % of a 5 s closed-loop run against the soak relay itself (webhook target, subscribers off)"
+    rate = 0.8 * max_rate
+    subs = [b.start(f"sub{i}", "subscriber.py", "slow", "--target", f"127.0.0.1:{grpc_port}", "--interval", "0")
+            for i in range(2)]
+    for s in subs:
+        s.wait_for(lambda r: r.get("event") == "ready", 60)
+    wal = db.path.with_name(db.path.name + "-wal") if db.path is not None else None
+    proc = psutil.Process(relay.pid)
+    label = f"soak: {rate:.0f} pushes/s for {seconds:g} s, webhook target, 2 subscribers"
+    b.progress.step(label)
+    gen = b.paced(http_port, rate, seconds, "soak-")
+    t0 = time.monotonic()
+    samples: list[tuple[float, int, int]] = []  # (s, RSS, WAL bytes)
+    while gen.running():
+        wal_bytes = wal.stat().st_size if wal is not None and wal.exists() else 0
+        samples.append((time.monotonic() - t0, proc.memory_info().rss, wal_bytes))
+        if len(samples) % 10 == 1:
+            b.progress.note(f"soak {samples[-1][0]:5.0f} s: RSS {samples[-1][1] / 2**20:7.1f} MiB, "
+                            f"WAL {wal_bytes / 2**20:7.1f} MiB")
+        time.sleep(max(0.05, 1.0 - (time.monotonic() - t0) % 1.0))
+    res = gen.result(120)
+    b.stop(gen)
+    for s in subs:
+        s.signal(signal.SIGTERM)
+    sub_res = [s.result(60) for s in subs]
+    pauses = sorted(float(r["pause_ms"]) for r in relay.records if r.get("event") == "sqlite_wal_truncated")
+    busy = sum(1 for r in relay.records if r.get("event") == "sqlite_wal_truncate_busy")
+    stored = db.events()
+    b.stop(relay)
+    b.stop(sink)
+    wals = [w for _, _, w in samples]
+    rss = [r for _, r, _ in samples]
+    return {
+        "db": kind, "rate_target": rate, "rate_basis": how, "max_rate": max_rate, "seconds": seconds, "load": res,
+        "stored": stored, "subscribers": sub_res, "samples": samples,
+        "wal_max_mib": max(wals, default=0) / 2**20, "wal_limit_mib": 256.0,
+        "rss_first_mib": rss[0] / 2**20 if rss else 0, "rss_max_mib": max(rss, default=0) / 2**20,
+        "rss_last_mib": rss[-1] / 2**20 if rss else 0,
+        "rss_slope_mib_per_min": slope([t for t, _, _ in samples], [r / 2**20 for r in rss]) * 60
+        if len(samples) > 1 else 0.0,
+        "truncations": len(pauses), "truncate_busy": busy,
+        "pause_ms_p50": percentile(pauses, 50) if pauses else None, "pause_ms_max": max(pauses, default=None),
+    }

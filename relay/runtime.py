@@ -128,7 +128,8 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
     holder = ConfigHolder(settings.config)
     store = open_store(settings.database_url, batch_max=settings.batch_max, pool_size=settings.db_pool_size,
                        timeout=settings.db_timeout, queue_max_bytes=settings.write_queue_max_bytes,
-                       queue_timeout=settings.write_queue_timeout)
+                       queue_timeout=settings.write_queue_timeout,
+                       sqlite_wal_max_bytes=settings.sqlite_wal_max_bytes)
     if settings.migrate:
         await store.migrate()
     await store.start()

@@ -90,6 +90,8 @@ HELP: dict[str, str] = {
     "retention": "remove what is older than this in the background, e.g. 30d (s, m, h, d); empty = keep all",
     "retention_interval": "seconds between background retention passes (with RELAY_RETENTION)",
     "rejected_max_per_subscription": "refusals kept per subscription at most; more are answered, counted, not kept",
+    "sqlite_wal_max_bytes": "SQLite: the -wal file's size limit; past half of it a checkpoint pauses writes briefly "
+                            "and truncates it",
 }
 
 
@@ -152,6 +154,8 @@ class Settings:
     retention: str = ""
     retention_interval: float = 300.0
     rejected_max_per_subscription: int = 10_000
+    # SQLite: the WAL file is checkpointed and truncated (writers paused) before it passes this size
+    sqlite_wal_max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -224,6 +228,8 @@ class Settings:
             problems.append("RELAY_RETENTION_INTERVAL: must be a number of seconds above 0")
         if self.rejected_max_per_subscription < 0:
             problems.append("RELAY_REJECTED_MAX_PER_SUBSCRIPTION: must be 0 or more")
+        if self.sqlite_wal_max_bytes < 1024 * 1024:
+            problems.append("RELAY_SQLITE_WAL_MAX_BYTES: must be at least 1048576 (1 MiB)")
         if problems:
             raise ConfigError(problems)
 

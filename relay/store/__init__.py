@@ -27,7 +27,8 @@ def async_url(database_url: str) -> str:
 
 
 def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, timeout: float = 10.0,
-               queue_max_bytes: int = 64 * 1024 * 1024, queue_timeout: float = 5.0) -> Store:
+               queue_max_bytes: int = 64 * 1024 * 1024, queue_timeout: float = 5.0,
+               sqlite_wal_max_bytes: int | None = None) -> Store:
     """A store for ``database_url`` (not started: call ``await store.start()``)."""
     url = async_url(database_url)
     opts: dict[str, Any] = dict(batch_max=batch_max, pool_size=pool_size, timeout=timeout,
@@ -35,7 +36,7 @@ def open_store(database_url: str, *, batch_max: int = 512, pool_size: int = 10, 
     if url.startswith("sqlite"):
         from relay.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url, **opts)
+        return SQLiteStore(url, wal_max_bytes=sqlite_wal_max_bytes, **opts)
     from relay.store.postgres import PostgresStore
 
     return PostgresStore(url, **opts)

@@ -274,6 +274,16 @@ class PruneReport:
 PruneProgress = Callable[[str, int], None]  # (table, rows removed from it so far)
 
 
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """What ``Store.backup`` wrote: a consistent copy holding every event up to ``last_seq``."""
+
+    path: str
+    pages: int
+    bytes: int
+    last_seq: int
+
+
 class EventLog(abc.ABC):
     """The event log with the current state of every object, consumers' cursors and refused requests."""
 
@@ -393,6 +403,7 @@ class Store(EventLog, Positions):
         before ``sessions_before``, live locations last updated before ``locations_before`` (an EVSE
         update updates its location), the oldest open delivery per target, each durable consumer's lag,
         and the database's size on disk."""
+
     # -- retention -------------------------------------------------------------------------------
     @abc.abstractmethod
     async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 500,
@@ -415,3 +426,11 @@ class Store(EventLog, Positions):
     @abc.abstractmethod
     async def rejected_counts(self) -> dict[str | None, int]:
         """Stored refusals per subscription (or pull source): seeds the bound on `rejected`."""
+
+    @abc.abstractmethod
+    async def backup(self, path: str, progress: Callable[[int, int], None] | None = None) -> BackupInfo:
+        """Write a consistent copy of the database to the new file ``path`` while writers go on.
+
+        ``progress(done, total)`` (pages) is called from a worker thread as the copy proceeds. A
+        backend whose copies are made by the database's own tools raises ``relay.errors.ConfigError``
+        saying which."""

@@ -24,7 +24,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
-from relay.store.base import StateKey, StoredState
+from relay.errors import ConfigError
+from relay.store.base import BackupInfo, StateKey, StoredState
 from relay.store.outbox import Outbox, OutcomeWrite
 from relay.store.sql import STATE_COLS, SqlStore
 from relay.store.sql_outbox import SqlOutbox
@@ -75,6 +76,12 @@ class PostgresStore(SqlStore):
 
     def _upsert(self, table: Any) -> Any:
         return postgresql.insert(table)
+
+    async def backup(self, path: str, progress: Callable[[int, int], None] | None = None) -> BackupInfo:
+        raise ConfigError([
+            "relay backup copies SQLite databases only; back up PostgreSQL with its own tools: "
+            "pg_dump -Fc for a logical copy, or pg_basebackup with WAL archiving for point-in-time recovery",
+        ])
 
     def outbox(self, *, own_thread: bool = False) -> Outbox:
         # own_thread is ignored: psycopg on a thread measured no better than asyncpg (the GIL it takes
