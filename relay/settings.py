@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,7 +85,23 @@ HELP: dict[str, str] = {
     "http_keepalive_timeout": "seconds an idle kept-alive receiver connection stays open",
     "http_max_header_bytes": "largest request line + headers; larger get 431 and the connection is closed",
     "http_max_connections": "open receiver connections at most; more are closed at once",
+    "http_tls_cert": "PEM certificate chain: the receiver speaks HTTPS (re-read on SIGHUP)",
+    "http_tls_key": "PEM private key of RELAY_HTTP_TLS_CERT",
+    "grpc_tls_cert": "PEM certificate chain: the gRPC server speaks TLS (re-read on SIGHUP)",
+    "grpc_tls_key": "PEM private key of RELAY_GRPC_TLS_CERT",
+    "grpc_tls_client_ca": "PEM CA bundle: gRPC clients must present a certificate it signed (mTLS)",
+    "ops_host": "bind address of a separate /metrics /healthz /readyz listener (empty: on the receiver port)",
+    "ops_port": "port of the ops listener, 0 = any free (logged as ops_listening)",
+    "allow_plaintext": "allow a non-loopback listener without TLS (it is logged as a warning)",
 }
+
+
+def _loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def environ() -> Mapping[str, str]:
@@ -137,6 +154,17 @@ class Settings:
     http_keepalive_timeout: int = 75
     http_max_header_bytes: int = 16 * 1024
     http_max_connections: int = 1000
+    # TLS: PEM paths; empty = plain text. Certificates are re-read on SIGHUP (see relay.tls).
+    http_tls_cert: str = ""
+    http_tls_key: str = ""
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_client_ca: str = ""
+    # a separate ops listener (metrics, health) when either is set; host defaults to 127.0.0.1
+    ops_host: str = ""
+    ops_port: int = 0
+    # false: a listener on a non-loopback address without TLS is a configuration error (the image's default)
+    allow_plaintext: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -197,8 +225,43 @@ class Settings:
             problems.append("RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024")
         if self.http_max_connections < 1:
             problems.append("RELAY_HTTP_MAX_CONNECTIONS: must be at least 1")
+        problems.extend(self._tls_problems())
         if problems:
             raise ConfigError(problems)
+
+    @property
+    def ops_listener(self) -> bool:
+        """True when /metrics, /healthz and /readyz have their own listener (RELAY_OPS_HOST / _PORT)."""
+        return bool(self.ops_host) or self.ops_port != 0
+
+    def plaintext_listeners(self) -> list[str]:
+        """The enabled listeners bound to a non-loopback address without TLS, as ``RELAY_X_HOST=addr``."""
+        out = []
+        http_tls = bool(self.http_tls_cert)
+        listeners = [("HTTP", self.http, self.http_host, http_tls), ("GRPC", self.grpc, self.grpc_host, bool(self.grpc_tls_cert))]
+        if self.ops_listener:
+            listeners.append(("OPS", True, self.ops_host or "127.0.0.1", http_tls))
+        for name, enabled, host, tls in listeners:
+            if enabled and not tls and not _loopback(host):
+                out.append(f"RELAY_{name}_HOST={host}")
+        return out
+
+    def _tls_problems(self) -> list[str]:
+        problems = []
+        for prefix in ("http", "grpc"):
+            cert, key = getattr(self, f"{prefix}_tls_cert"), getattr(self, f"{prefix}_tls_key")
+            if bool(cert) != bool(key):
+                given, missing = (f"{prefix}_tls_cert", f"{prefix}_tls_key") if cert else (f"{prefix}_tls_key", f"{prefix}_tls_cert")
+                problems.append(f"RELAY_{missing.upper()}: must be set together with RELAY_{given.upper()}")
+        if self.grpc_tls_client_ca and not self.grpc_tls_cert:
+            problems.append("RELAY_GRPC_TLS_CLIENT_CA: needs RELAY_GRPC_TLS_CERT and RELAY_GRPC_TLS_KEY (mTLS runs over TLS)")
+        if not 0 <= self.ops_port <= 65535:
+            problems.append(f"RELAY_OPS_PORT: {self.ops_port} is not a port number")
+        if not self.allow_plaintext:
+            for listener in self.plaintext_listeners():
+                problems.append(f"{listener}: a non-loopback listener without TLS; set its TLS certificate and key, "
+                                "bind 127.0.0.1, or set RELAY_ALLOW_PLAINTEXT=true")
+        return problems
 
     def redacted_url(self) -> str:
         """The database URL with any password masked, for logs and check-config."""
