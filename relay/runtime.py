@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from relay.deliver.worker import run_workers
+from relay.errors import ConfigError
 from relay.http.app import create_app
 from relay.http.ops import create_ops_app
 from relay.http.protocol import EdgeLimitedHttpToolsProtocol
@@ -26,7 +27,7 @@ from relay.ingest import Ingestor
 from relay.log import ports_logger
 from relay.pull.scheduler import run_schedule
 from relay.routing.holder import ConfigHolder
-from relay.settings import Settings
+from relay.settings import Settings, is_loopback
 from relay.store import Store, open_store
 from relay.stream.server import ServerTls, serve_grpc
 from relay.tls import ReloadableCert
@@ -111,9 +112,13 @@ def ops_part(settings: Settings, store: Store, info: RunInfo, tls: ReloadableCer
     """/metrics, /healthz and /readyz on a listener of their own (RELAY_OPS_HOST / RELAY_OPS_PORT)."""
     info.expected.add("ops")
 
+    host = settings.ops_host or "127.0.0.1"
+    if is_loopback(host):
+        tls = None  # only this host reaches it: plain HTTP for local health checks and a sidecar scraper
+
     async def serve(stop: asyncio.Event) -> None:
         app = create_ops_app(store)
-        await _serve_uvicorn("ops", app, settings, settings.ops_host or "127.0.0.1", settings.ops_port, tls, info, stop)
+        await _serve_uvicorn("ops", app, settings, host, settings.ops_port, tls, info, stop)
 
     return serve
 
@@ -156,6 +161,10 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
     # The group-commit writer thread and the event loop share the GIL: with the default 5 ms switch
     # interval one waits up to 5 ms each time the other runs Python after a syscall.
     sys.setswitchinterval(0.001)
+    plaintext = settings.plaintext_listeners()
+    if plaintext and not settings.allow_plaintext:
+        raise ConfigError([f"{listener}: a non-loopback listener without TLS; set its TLS certificate and key, "
+                           "bind 127.0.0.1, or set RELAY_ALLOW_PLAINTEXT=true" for listener in plaintext])
     holder = ConfigHolder(settings.config)
     info = info or RunInfo()
     tls = http_tls(settings, info)  # unusable certificate files stop the start here, before the store opens
@@ -170,7 +179,7 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
     await store.start()
     info.store, info.holder = store, holder
     stop = stop or asyncio.Event()
-    for listener in settings.plaintext_listeners():
+    for listener in plaintext:
         logger.warning("plaintext_listener", extra={"listener": listener, "hint": "reachable beyond this host "
                        "without TLS: set its TLS certificate and key, or keep it behind a TLS proxy"})
 

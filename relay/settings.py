@@ -96,7 +96,7 @@ HELP: dict[str, str] = {
 }
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -163,7 +163,7 @@ class Settings:
     # a separate ops listener (metrics, health) when either is set; host defaults to 127.0.0.1
     ops_host: str = ""
     ops_port: int = 0
-    # false: a listener on a non-loopback address without TLS is a configuration error (the image's default)
+    # false: `relay serve` refuses a listener on a non-loopback address without TLS (the image's default)
     allow_plaintext: bool = True
 
     @classmethod
@@ -235,14 +235,16 @@ class Settings:
         return bool(self.ops_host) or self.ops_port != 0
 
     def plaintext_listeners(self) -> list[str]:
-        """The enabled listeners bound to a non-loopback address without TLS, as ``RELAY_X_HOST=addr``."""
+        """The enabled listeners bound to a non-loopback address without TLS, as ``RELAY_X_HOST=addr``
+        (`relay serve` warns about each, or refuses them when ``allow_plaintext`` is false)."""
         out = []
         http_tls = bool(self.http_tls_cert)
         listeners = [("HTTP", self.http, self.http_host, http_tls), ("GRPC", self.grpc, self.grpc_host, bool(self.grpc_tls_cert))]
-        if self.ops_listener:
-            listeners.append(("OPS", True, self.ops_host or "127.0.0.1", http_tls))
+        if self.ops_listener:  # HTTPS with the receiver's certificate unless on loopback (relay.runtime.ops_part)
+            ops_host = self.ops_host or "127.0.0.1"
+            listeners.append(("OPS", True, ops_host, http_tls and not is_loopback(ops_host)))
         for name, enabled, host, tls in listeners:
-            if enabled and not tls and not _loopback(host):
+            if enabled and not tls and not is_loopback(host):
                 out.append(f"RELAY_{name}_HOST={host}")
         return out
 
@@ -257,10 +259,6 @@ class Settings:
             problems.append("RELAY_GRPC_TLS_CLIENT_CA: needs RELAY_GRPC_TLS_CERT and RELAY_GRPC_TLS_KEY (mTLS runs over TLS)")
         if not 0 <= self.ops_port <= 65535:
             problems.append(f"RELAY_OPS_PORT: {self.ops_port} is not a port number")
-        if not self.allow_plaintext:
-            for listener in self.plaintext_listeners():
-                problems.append(f"{listener}: a non-loopback listener without TLS; set its TLS certificate and key, "
-                                "bind 127.0.0.1, or set RELAY_ALLOW_PLAINTEXT=true")
         return problems
 
     def redacted_url(self) -> str:

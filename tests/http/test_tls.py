@@ -221,13 +221,24 @@ async def test_a_public_plaintext_listener_is_a_warning(relay_settings: Settings
     assert [r.__dict__["listener"] for r in warned] == ["RELAY_HTTP_HOST=0.0.0.0"]
 
 
-def test_without_allow_plaintext_a_public_listener_needs_tls(ca: trustme.CA, tmp_path: Path) -> None:
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_without_allow_plaintext_a_public_listener_needs_tls(relay_settings: Settings, ca: trustme.CA,
+                                                                   tmp_path: Path) -> None:
+    public = {**vars(relay_settings), "http_host": "0.0.0.0", "allow_plaintext": False}
     with pytest.raises(ConfigError) as err:
-        Settings.from_env({"RELAY_HTTP_HOST": "0.0.0.0", "RELAY_ALLOW_PLAINTEXT": "false", "RELAY_GRPC": "false"})
-    assert any(p.startswith("RELAY_HTTP_HOST=0.0.0.0: a non-loopback listener without TLS") for p in err.value.problems)
+        await start_relay(Settings(**public))
+    assert err.value.problems == ["RELAY_HTTP_HOST=0.0.0.0: a non-loopback listener without TLS; set its TLS "
+                                  "certificate and key, bind 127.0.0.1, or set RELAY_ALLOW_PLAINTEXT=true"]
     cert, key, _ = issue(ca, tmp_path)
-    Settings.from_env({"RELAY_HTTP_HOST": "0.0.0.0", "RELAY_ALLOW_PLAINTEXT": "false", "RELAY_GRPC": "false",
-                       "RELAY_HTTP_TLS_CERT": str(cert), "RELAY_HTTP_TLS_KEY": str(key)})
+    # with TLS it starts; the ops listener on loopback stays plain HTTP for local health checks
+    handle = await start_relay(Settings(**{**public, "http_tls_cert": str(cert), "http_tls_key": str(key),
+                                           "ops_port": 0, "ops_host": "127.0.0.1"}))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{handle.info.ports['ops']}/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        await stop_relay(handle)
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"RELAY_HTTP_TLS_CERT": str(cert)})
     assert err.value.problems == ["RELAY_HTTP_TLS_KEY: must be set together with RELAY_HTTP_TLS_CERT"]
