@@ -22,17 +22,19 @@ import uvicorn
 
 from relay import metrics
 from relay.deliver.worker import run_workers
-from relay.errors import StoreError
+from relay.errors import ConfigError, StoreError
 from relay.http.app import create_app
+from relay.http.ops import create_ops_app
 from relay.http.protocol import EdgeLimitedHttpToolsProtocol
 from relay.ingest import Ingestor
 from relay.log import ports_logger
 from relay.pull.scheduler import run_schedule
 from relay.routing.holder import ConfigHolder
-from relay.settings import Settings
+from relay.settings import Settings, is_loopback
 from relay.store import Store, open_store
 from relay.store.retention import run_retention
-from relay.stream.server import serve_grpc
+from relay.stream.server import ServerTls, serve_grpc
+from relay.tls import ReloadableCert
 
 logger = logging.getLogger(__name__)
 GC_THRESHOLD = 20_000  # young-generation allocations between collections (default 700)
@@ -49,6 +51,11 @@ class RunInfo:
         self.ready = asyncio.Event()
         self.store: Store | None = None
         self.holder: ConfigHolder | None = None
+        self.tls_reloads: list[Callable[[], bool]] = []  # certificate reloads SIGHUP runs (relay.tls)
+
+    def reload_tls(self) -> bool:
+        """Re-read every listener's certificate (what SIGHUP does besides the config reload); True if all loaded."""
+        return all([reload() for reload in self.tls_reloads])
 
 
 class _Server(uvicorn.Server):
@@ -85,29 +92,62 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def http_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> Part:
+def http_tls(settings: Settings, info: RunInfo) -> ReloadableCert | None:
+    """The receiver's certificate (shared by the ops listener), reloaded on SIGHUP; None without TLS."""
+    if not settings.http_tls_cert:
+        return None
+    cert = ReloadableCert("http", settings.http_tls_cert, settings.http_tls_key, "RELAY_HTTP_TLS_CERT")
+    info.tls_reloads.append(cert.reload)
+    return cert
+
+
+def http_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo,
+              tls: ReloadableCert | None = None) -> Part:
     info.expected.add("http")
 
     async def serve(stop: asyncio.Event) -> None:
         app = create_app(settings, store, holder)
-        protocol = EdgeLimitedHttpToolsProtocol.with_limits(
-            header_timeout=settings.http_header_timeout, body_timeout=settings.http_body_timeout,
-            max_header_bytes=settings.http_max_header_bytes, max_connections=settings.http_max_connections)
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=10, server_header=False, http=protocol,
-                                timeout_keep_alive=settings.http_keepalive_timeout)
-        server = _Server(config)
-        sock = bind(settings.http_host, settings.http_port)
-        info.ports["http"] = sock.getsockname()[1]
-        ports_logger.info("http_listening", extra={"host": settings.http_host, "port": info.ports["http"]})
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        await stop.wait()
-        server.should_exit = True
-        await task
+        await _serve_uvicorn("http", app, settings, settings.http_host, settings.http_port, tls, info, stop)
 
     return serve
+
+
+def ops_part(settings: Settings, store: Store, info: RunInfo, tls: ReloadableCert | None = None) -> Part:
+    """/metrics, /healthz and /readyz on a listener of their own (RELAY_OPS_HOST / RELAY_OPS_PORT)."""
+    info.expected.add("ops")
+
+    host = settings.ops_host or "127.0.0.1"
+    if is_loopback(host):
+        tls = None  # only this host reaches it: plain HTTP for local health checks and a sidecar scraper
+
+    async def serve(stop: asyncio.Event) -> None:
+        app = create_ops_app(store)
+        await _serve_uvicorn("ops", app, settings, host, settings.ops_port, tls, info, stop)
+
+    return serve
+
+
+async def _serve_uvicorn(name: str, app: Any, settings: Settings, host: str, port: int, tls: ReloadableCert | None,
+                         info: RunInfo, stop: asyncio.Event) -> None:
+    """One uvicorn server on ``host:port`` (TLS with ``tls``'s context) until ``stop``; logs ``<name>_listening``."""
+    protocol = EdgeLimitedHttpToolsProtocol.with_limits(
+        header_timeout=settings.http_header_timeout, body_timeout=settings.http_body_timeout,
+        max_header_bytes=settings.http_max_header_bytes, max_connections=settings.http_max_connections)
+    # uvicorn would build its own context from files; ours is the one SIGHUP reloads in place.
+    factory = (lambda _config, _default: tls.context) if tls is not None else None
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=10, server_header=False, http=protocol,
+                            timeout_keep_alive=settings.http_keepalive_timeout, ssl_context_factory=factory)
+    server = _Server(config)
+    sock = bind(host, port)
+    info.ports[name] = sock.getsockname()[1]
+    ports_logger.info(f"{name}_listening", extra={"host": host, "port": info.ports[name], "tls": tls is not None})
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    await stop.wait()
+    server.should_exit = True
+    await task
 
 
 async def _watch_config(holder: ConfigHolder, stop: asyncio.Event, interval: float = 2.0) -> None:
@@ -125,7 +165,16 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
     # The group-commit writer thread and the event loop share the GIL: with the default 5 ms switch
     # interval one waits up to 5 ms each time the other runs Python after a syscall.
     sys.setswitchinterval(0.001)
+    plaintext = settings.plaintext_listeners()
+    if plaintext and not settings.allow_plaintext:
+        raise ConfigError([f"{listener}: a non-loopback listener without TLS; set its TLS certificate and key, "
+                           "bind 127.0.0.1, or set RELAY_ALLOW_PLAINTEXT=true" for listener in plaintext])
     holder = ConfigHolder(settings.config)
+    info = info or RunInfo()
+    tls = http_tls(settings, info)  # unusable certificate files stop the start here, before the store opens
+    grpc_tls = ServerTls(settings) if settings.grpc and settings.grpc_tls_cert else None
+    if grpc_tls is not None:
+        info.tls_reloads.append(grpc_tls.reload)
     store = open_store(settings.database_url, batch_max=settings.batch_max, pool_size=settings.db_pool_size,
                        timeout=settings.db_timeout, queue_max_bytes=settings.write_queue_max_bytes,
                        queue_timeout=settings.write_queue_timeout,
@@ -133,18 +182,27 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
     if settings.migrate:
         await store.migrate()
     await store.start()
-    info = info or RunInfo()
     info.store, info.holder = store, holder
     stop = stop or asyncio.Event()
+    for listener in plaintext:
+        logger.warning("plaintext_listener", extra={"listener": listener, "hint": "reachable beyond this host "
+                       "without TLS: set its TLS certificate and key, or keep it behind a TLS proxy"})
+
+    def hangup() -> None:  # SIGHUP: forwarding.yaml and the certificates, both re-read
+        holder.reload()
+        info.reload_tls()
+
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, holder.reload)
+        loop.add_signal_handler(signal.SIGHUP, hangup)
     parts: list[Part] = []
     if settings.http:
-        parts.append(http_part(settings, store, holder, info))
-    parts.extend(optional_parts(settings, store, holder, info))
+        parts.append(http_part(settings, store, holder, info, tls))
+    if settings.ops_listener:
+        parts.append(ops_part(settings, store, info, tls))
+    parts.extend(optional_parts(settings, store, holder, info, grpc_tls))
     parts.extend(extra_parts or [])
     logger.info("relay starting", extra={"database": settings.redacted_url(), "config": settings.config,
                                          "parts": len(parts)})
@@ -179,7 +237,8 @@ async def _announce_ready(info: RunInfo) -> None:
     info.ready.set()
 
 
-def optional_parts(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo) -> list[Part]:
+def optional_parts(settings: Settings, store: Store, holder: ConfigHolder, info: RunInfo,
+                   grpc_tls: ServerTls | None = None) -> list[Part]:
     """gRPC stream, delivery workers and pull schedule, each switchable by a flag. The packages know
     nothing of the runtime: each offers one coroutine that serves until ``stop``, wired here."""
     parts: list[Part] = []
@@ -189,7 +248,7 @@ def optional_parts(settings: Settings, store: Store, holder: ConfigHolder, info:
         def grpc_bound(port: int) -> None:
             info.ports["grpc"] = port
 
-        parts.append(lambda stop: serve_grpc(settings, store, holder, stop, bound=grpc_bound))
+        parts.append(lambda stop: serve_grpc(settings, store, holder, stop, bound=grpc_bound, tls=grpc_tls))
     if settings.workers:
         parts.append(lambda stop: run_workers(settings, store, holder, stop))
         ingestor = Ingestor.from_settings(store, holder, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,7 +93,23 @@ HELP: dict[str, str] = {
     "rejected_max_per_subscription": "refusals kept per subscription at most; more are answered, counted, not kept",
     "sqlite_wal_max_bytes": "SQLite: the -wal file's size limit; past half of it a checkpoint pauses writes briefly "
                             "and truncates it",
+    "http_tls_cert": "PEM certificate chain: the receiver speaks HTTPS (re-read on SIGHUP)",
+    "http_tls_key": "PEM private key of RELAY_HTTP_TLS_CERT",
+    "grpc_tls_cert": "PEM certificate chain: the gRPC server speaks TLS (re-read on SIGHUP)",
+    "grpc_tls_key": "PEM private key of RELAY_GRPC_TLS_CERT",
+    "grpc_tls_client_ca": "PEM CA bundle: gRPC clients must present a certificate it signed (mTLS)",
+    "ops_host": "bind address of a separate /metrics /healthz /readyz listener (empty: on the receiver port)",
+    "ops_port": "port of the ops listener, 0 = any free (logged as ops_listening)",
+    "allow_plaintext": "allow a non-loopback listener without TLS (it is logged as a warning)",
 }
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def environ() -> Mapping[str, str]:
@@ -156,6 +173,17 @@ class Settings:
     rejected_max_per_subscription: int = 10_000
     # SQLite: the WAL file is checkpointed and truncated (writers paused) before it passes this size
     sqlite_wal_max_bytes: int = 256 * 1024 * 1024
+    # TLS: PEM paths; empty = plain text. Certificates are re-read on SIGHUP (see relay.tls).
+    http_tls_cert: str = ""
+    http_tls_key: str = ""
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_client_ca: str = ""
+    # a separate ops listener (metrics, health) when either is set; host defaults to 127.0.0.1
+    ops_host: str = ""
+    ops_port: int = 0
+    # false: `relay serve` refuses a listener on a non-loopback address without TLS (the image's default)
+    allow_plaintext: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -230,8 +258,41 @@ class Settings:
             problems.append("RELAY_REJECTED_MAX_PER_SUBSCRIPTION: must be 0 or more")
         if self.sqlite_wal_max_bytes < 1024 * 1024:
             problems.append("RELAY_SQLITE_WAL_MAX_BYTES: must be at least 1048576 (1 MiB)")
+        problems.extend(self._tls_problems())
         if problems:
             raise ConfigError(problems)
+
+    @property
+    def ops_listener(self) -> bool:
+        """True when /metrics, /healthz and /readyz have their own listener (RELAY_OPS_HOST / _PORT)."""
+        return bool(self.ops_host) or self.ops_port != 0
+
+    def plaintext_listeners(self) -> list[str]:
+        """The enabled listeners bound to a non-loopback address without TLS, as ``RELAY_X_HOST=addr``
+        (`relay serve` warns about each, or refuses them when ``allow_plaintext`` is false)."""
+        out = []
+        http_tls = bool(self.http_tls_cert)
+        listeners = [("HTTP", self.http, self.http_host, http_tls), ("GRPC", self.grpc, self.grpc_host, bool(self.grpc_tls_cert))]
+        if self.ops_listener:  # HTTPS with the receiver's certificate unless on loopback (relay.runtime.ops_part)
+            ops_host = self.ops_host or "127.0.0.1"
+            listeners.append(("OPS", True, ops_host, http_tls and not is_loopback(ops_host)))
+        for name, enabled, host, tls in listeners:
+            if enabled and not tls and not is_loopback(host):
+                out.append(f"RELAY_{name}_HOST={host}")
+        return out
+
+    def _tls_problems(self) -> list[str]:
+        problems = []
+        for prefix in ("http", "grpc"):
+            cert, key = getattr(self, f"{prefix}_tls_cert"), getattr(self, f"{prefix}_tls_key")
+            if bool(cert) != bool(key):
+                given, missing = (f"{prefix}_tls_cert", f"{prefix}_tls_key") if cert else (f"{prefix}_tls_key", f"{prefix}_tls_cert")
+                problems.append(f"RELAY_{missing.upper()}: must be set together with RELAY_{given.upper()}")
+        if self.grpc_tls_client_ca and not self.grpc_tls_cert:
+            problems.append("RELAY_GRPC_TLS_CLIENT_CA: needs RELAY_GRPC_TLS_CERT and RELAY_GRPC_TLS_KEY (mTLS runs over TLS)")
+        if not 0 <= self.ops_port <= 65535:
+            problems.append(f"RELAY_OPS_PORT: {self.ops_port} is not a port number")
+        return problems
 
     def redacted_url(self) -> str:
         """The database URL with any password masked, for logs and check-config."""

@@ -50,6 +50,11 @@ def register(subparsers: Any) -> None:
                    help="env var holding the stream client's bearer token (default: RELAY_STREAM_TOKEN)")
     p.add_argument("--target", metavar="HOST:PORT",
                    help="gRPC address (default: 127.0.0.1:$RELAY_GRPC_PORT, else 127.0.0.1:50051)")
+    p.add_argument("--tls-ca", metavar="PEM",
+                   help="connect over TLS, verifying the server against this CA bundle (TLS with the system's "
+                        "CAs when only --tls-cert/--tls-key are given)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate for mTLS (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     p.set_defaults(func=tail_command)
 
 
@@ -114,18 +119,45 @@ def tail_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"relay tail: {printable(exc)}\n")
         return 2
+    try:
+        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        sys.stderr.write(f"relay tail: {printable(exc)}\n")
+        return 2
     target = args.target or f"127.0.0.1:{environ().get('RELAY_GRPC_PORT') or 50051}"
-    return asyncio.run(_tail_until_interrupted(target, token, request, args.consumer if args.commit else None))
+    return asyncio.run(_tail_until_interrupted(target, token, request, args.consumer if args.commit else None,
+                                               credentials))
 
 
-async def _tail_until_interrupted(target: str, token: str, request: pb.SubscribeRequest, commit_as: str | None) -> int:
+def channel_credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials from --tls-ca / --tls-cert / --tls-key (None: plain text); ValueError naming the flag."""
+    if bool(cert) != bool(key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if not (ca or cert):
+        return None
+
+    def read(path: str | None, flag: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise ValueError(f"{flag}: cannot read {path!r}: {exc.strerror}") from None
+
+    return grpc.ssl_channel_credentials(root_certificates=read(ca, "--tls-ca"), private_key=read(key, "--tls-key"),
+                                        certificate_chain=read(cert, "--tls-cert"))
+
+
+async def _tail_until_interrupted(target: str, token: str, request: pb.SubscribeRequest, commit_as: str | None,
+                                  credentials: grpc.ChannelCredentials | None = None) -> int:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     try:
-        return await tail(target, token, request, commit_as=commit_as)
+        return await tail(target, token, request, commit_as=commit_as, credentials=credentials)
     except asyncio.CancelledError:
         return 0  # Ctrl-C: the documented way to stop
     finally:
@@ -134,12 +166,14 @@ async def _tail_until_interrupted(target: str, token: str, request: pb.Subscribe
 
 
 async def tail(target: str, token: str, request: pb.SubscribeRequest, *, commit_as: str | None = None,
-               out: TextIO | None = None) -> int:
-    """Print every event of the subscription to ``out`` until cancelled; commit to ``commit_as`` if given."""
+               out: TextIO | None = None, credentials: grpc.ChannelCredentials | None = None) -> int:
+    """Print every event of the subscription to ``out`` until cancelled; commit to ``commit_as`` if given.
+    Over TLS with ``credentials`` (``channel_credentials``), else plain text."""
     stream = out or sys.stdout
     metadata = (("authorization", f"Bearer {token}"),)
     last_seq = committed = 0
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel = grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
+    async with channel:
         stub = pb_grpc.RelayStub(channel)  # type: ignore[no-untyped-call]  # generated code
 
         async def commit() -> None:

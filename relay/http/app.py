@@ -27,12 +27,10 @@ def create_app(settings: Settings, store: Store, config: Callable[[], RoutingCon
     base = settings.base_path
     ingestor = Ingestor.from_settings(store, config, settings)
     rx = Receiver(store, ingestor, config, base_path=base, max_body=settings.max_body_bytes)
-    ops = Ops(store)
     ep = rx.endpoint
-    routes = [
-        Route("/healthz", ops.healthz, methods=["GET"]),
-        Route("/readyz", ops.readyz, methods=["GET"]),
-        Route("/metrics", ops.metrics, methods=["GET"]),
+    # With RELAY_OPS_HOST/_PORT the ops endpoints live on their own listener (create_ops_app), not here.
+    routes = [] if settings.ops_listener else Ops(store).routes()
+    routes += [
         Route(base + "/locations/{country_code}/{party_id}/{location_id}", ep, methods=RW),
         Route(base + "/locations/{country_code}/{party_id}/{location_id}/{evse_uid}", ep, methods=RW),
         Route(base + "/locations/{country_code}/{party_id}/{location_id}/{evse_uid}/{connector_id}", ep, methods=RW),

@@ -1,11 +1,14 @@
-"""/healthz, /readyz, /metrics: always at the root, whatever RELAY_BASE_PATH is."""
+"""/healthz, /readyz, /metrics: always at the root, whatever RELAY_BASE_PATH is; on the receiver's
+port, or on a listener of their own (``create_ops_app``) when RELAY_OPS_HOST / RELAY_OPS_PORT is set."""
 
 from __future__ import annotations
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from relay.metrics import REGISTRY
 from relay.store import migrate
@@ -34,3 +37,15 @@ class Ops:
 
     async def metrics(self, _request: Request) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+
+
+def create_ops_app(store: Store) -> Starlette:
+    """The ops listener's app: the three ops endpoints and nothing else (404 for any other path)."""
+    return Starlette(routes=Ops(store).routes())

@@ -17,7 +17,15 @@ from yaml.nodes import MappingNode, Node
 from relay.errors import ConfigError
 from relay.ocpi.paths import MODULES
 from relay.routing.fields import is_null, name_of
-from relay.routing.model import TARGET_TYPES, PullSource, RoutingConfig, StreamClient, Subscription, Target
+from relay.routing.model import (
+    TARGET_TYPES,
+    PullSource,
+    RoutingConfig,
+    StreamClient,
+    Subscription,
+    Target,
+    parse_subject,
+)
 from relay.routing.rule_reader import RuleReader
 from relay.settings import Secret, environ
 
@@ -148,7 +156,8 @@ class _ConfigReader(RuleReader):
         )
 
     def stream_client(self, node: Node, where: str) -> StreamClient | None:
-        m = self.mapping(node, where, frozenset({"name", "token_env", "modules", "cpos"}), ("name", "token_env", "cpos"))
+        keys = frozenset({"name", "token_env", "modules", "cpos", "cert_subject"})
+        m = self.mapping(node, where, keys, ("name", "token_env", "cpos"))
         if m is None:
             return None
         return StreamClient(
@@ -156,7 +165,19 @@ class _ConfigReader(RuleReader):
             token=self.env_secret(m.get("token_env"), f"{where}.token_env")[1] or Secret(""),
             modules=frozenset(self.modules(m.get("modules"), f"{where}.modules", MODULES)),
             cpos=self.cpos(m.get("cpos"), f"{where}.cpos"),
+            cert_subject=self.subject(m.get("cert_subject"), f"{where}.cert_subject"),
         )
+
+    def subject(self, node: Node | None, where: str) -> tuple[tuple[str, str], ...]:
+        """``cert_subject``: the TLS client certificate subject a stream client must present."""
+        if node is None:
+            return ()
+        text = self.text(node, where)
+        try:
+            return parse_subject(text) if text else ()
+        except ValueError as exc:
+            self.problem(node, f"{where}: {exc}")
+            return ()
 
     def target(self, node: Node, where: str) -> Target | None:
         m = self.mapping(node, where, _TARGET_KEYS, ("name", "type", "url"))

@@ -90,6 +90,20 @@ class StreamClient:
     token: Secret
     modules: frozenset[str]
     cpos: tuple[CpoPattern, ...]
+    # ``cert_subject``: (attribute, value) pairs the client's TLS certificate subject must contain
+    cert_subject: tuple[tuple[str, str], ...] = ()
+
+
+def parse_subject(text: str) -> tuple[tuple[str, str], ...]:
+    """A distinguished name such as ``"CN=billing,O=Acme"`` (RFC 4514, ``\\,`` escapes a comma) as
+    (ATTRIBUTE, value) pairs; ValueError for a part that is not ``attribute=value``."""
+    pairs = []
+    for part in re.split(r"(?<!\\),", text):
+        attr, eq, value = part.partition("=")
+        if not eq or not attr.strip() or not value.strip():
+            raise ValueError(f"{part.strip()!r} is not attribute=value (e.g. CN=billing)")
+        pairs.append((attr.strip().upper(), re.sub(r"\\(.)", r"\1", value.strip())))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from relay.store.base import BackupInfo, StateKey, StoredState
 from relay.store.outbox import Outbox, OutcomeWrite
 from relay.store.sql import STATE_COLS, SqlStore
 from relay.store.sql_outbox import SqlOutbox
+from relay.store.urls import DriverArgs, driver_args
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +49,26 @@ class PostgresStore(SqlStore):
         )
         self._listener: asyncio.Task[None] | None = None
 
+    @functools.cached_property
+    def _drivers(self) -> DriverArgs:
+        """What each driver gets for this URL, TLS parameters included (relay.store.urls)."""
+        return driver_args(self.url)
+
     def _make_engine(self) -> AsyncEngine:
         return create_async_engine(
-            self.url,
+            self._drivers.asyncpg_url,
             pool_size=self.pool_size,
             max_overflow=self.pool_size,
             pool_timeout=self.timeout,
             pool_pre_ping=True,
-            connect_args={"timeout": self.timeout, "command_timeout": self.timeout * 3},
+            connect_args={"timeout": self.timeout, "command_timeout": self.timeout * 3,
+                          **self._drivers.asyncpg_connect_args},
         )
 
     def _make_batch_engine(self) -> Engine:
         # psycopg (blocking, C-accelerated) on the writer thread; asyncpg serves everything else.
-        sync_url = self.url.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1)
         return create_engine(
-            sync_url, poolclass=QueuePool, pool_size=1, max_overflow=0, pool_pre_ping=True,
+            self._drivers.psycopg_url, poolclass=QueuePool, pool_size=1, max_overflow=0, pool_pre_ping=True,
             # Set, not inherited from the server or database default: the append lock orders appends
             # only if max(seq) is read in a snapshot taken after the lock is granted. Under REPEATABLE
             # READ or SERIALIZABLE the snapshot is taken by the lock statement itself, before it waits,
@@ -154,11 +161,11 @@ class PostgresStore(SqlStore):
         """LISTEN on a dedicated connection; reconnect with a pause when it drops."""
         import asyncpg  # only the PostgreSQL store needs the driver directly
 
-        dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        dsn, tls = self._drivers.listen_dsn, self._drivers.asyncpg_connect_args
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(dsn, timeout=self.timeout)
+                conn = await asyncpg.connect(dsn, timeout=self.timeout, **tls)
 
                 def _on_notify(_c: Any, _pid: int, _channel: str, payload: str) -> None:
                     with contextlib.suppress(ValueError):

@@ -16,12 +16,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from relay.errors import ConfigError
 from relay.log import ports_logger
 from relay.settings import Settings
 from relay.store.base import Store
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 from relay.stream.fanout import Hub
 from relay.stream.service import CLIENT_DEFAULT_LIMIT, SERVICE_NAME, RelayService, to_event
+from relay.tls import probe_cert, read_pem
 
 if TYPE_CHECKING:
     from relay.routing.holder import ConfigHolder
@@ -85,10 +87,43 @@ async def _watch_database(store: Store, servicer: health.aio.HealthServicer, las
         last = await _check_database(store, servicer, last)
 
 
+class ServerTls:
+    """The gRPC server's TLS credentials (mTLS with RELAY_GRPC_TLS_CLIENT_CA); ``reload`` re-reads
+    the files (SIGHUP) and grpc uses them from the next handshake on: gRPC core asks ``_fetch``
+    for a new configuration on every new connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.cert, self.key, self.client_ca = settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_client_ca
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(), self._fetch, require_client_authentication=bool(self.client_ca))
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        probe_cert(self.cert, self.key, "RELAY_GRPC_TLS_CERT")  # a key that does not match fails here, not per handshake
+        pair = (read_pem(self.key, "RELAY_GRPC_TLS_KEY"), read_pem(self.cert, "RELAY_GRPC_TLS_CERT"))
+        ca = read_pem(self.client_ca, "RELAY_GRPC_TLS_CLIENT_CA") if self.client_ca else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        config, self._pending = self._pending, None
+        return config
+
+    def reload(self) -> bool:
+        """Read the certificate, key and client CA again; on failure log it and keep the old ones."""
+        try:
+            self._pending = self._configuration()
+        except ConfigError as err:
+            logger.warning("tls_reload_failed", extra={"listener": "grpc", "error": err.problems[0]})
+            return False
+        logger.info("tls_reloaded", extra={"listener": "grpc", "cert": self.cert})
+        return True
+
+
 async def serve_grpc(settings: Settings, store: Store, holder: ConfigHolder, stop: asyncio.Event, *,
-                     bound: Callable[[int], None]) -> None:
+                     bound: Callable[[int], None], tls: ServerTls | None = None) -> None:
     """The gRPC server, a part of `relay serve`: binds (``bound(port)`` once listening), serves until
-    ``stop``, then ends every stream."""
+    ``stop``, then ends every stream. With RELAY_GRPC_TLS_* it listens over TLS with ``tls`` (made
+    here when not given; the caller keeps it to call ``tls.reload()`` on SIGHUP)."""
     hub = Hub(store, to_event)
     await hub.start()
     logging.getLogger("grpc._cython.cygrpc").addFilter(_DISCONNECT_NOISE)  # once: the same object
@@ -100,7 +135,11 @@ async def serve_grpc(settings: Settings, store: Store, holder: ConfigHolder, sto
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     # A reload may narrow a client's scope: wake idle subscribers so they re-check it now.
     holder.on_change(lambda _cfg: hub.poke())
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.grpc_tls_cert:
+        port = server.add_secure_port(address, (tls or ServerTls(settings)).credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
     status = await _check_database(store, health_servicer, None)  # answered from the first Check on
@@ -110,7 +149,9 @@ async def serve_grpc(settings: Settings, store: Store, holder: ConfigHolder, sto
         asyncio.create_task(_watch_database(store, health_servicer, status, HEALTH_INTERVAL), name="grpc-health"),
     ]
     bound(port)
-    ports_logger.info("grpc_listening", extra={"host": settings.grpc_host, "port": port})
+    ports_logger.info("grpc_listening", extra={"host": settings.grpc_host, "port": port,
+                                               "tls": bool(settings.grpc_tls_cert),
+                                               "client_certificates": bool(settings.grpc_tls_client_ca)})
     try:
         await stop.wait()
     finally:

@@ -25,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from relay import metrics
 from relay.errors import StoreError
 from relay.ocpi.paths import MODULES
-from relay.routing.model import CpoPattern, RoutingConfig, StreamClient, cpo_matches, parse_cpo
+from relay.routing.model import CpoPattern, RoutingConfig, StreamClient, cpo_matches, parse_cpo, parse_subject
 from relay.store.base import EventFilter, EventRecord, StateKey, Store, StoredState
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
@@ -235,17 +235,18 @@ class Selection:
 class _LiveFilter:
     """The subscription's filter, recomputed when forwarding.yaml is reloaded (token and scope again)."""
 
-    def __init__(self, config: Callable[[], RoutingConfig], token: str, selection: Selection) -> None:
-        self._config, self._token, self._selection = config, token, selection
+    def __init__(self, config: Callable[[], RoutingConfig], token: str, selection: Selection,
+                 context: _Context) -> None:
+        self._config, self._token, self._selection, self._context = config, token, selection, context
         self._seen = config()
-        self.client = _client_for(self._seen, token)
+        self.client = _client_for(self._seen, token, context)
         self.filter = selection.scoped(self.client)
 
     def __call__(self) -> EventFilter:
         cfg = self._config()
         if cfg is not self._seen:
             self._seen = cfg
-            self.client = _client_for(cfg, self._token)
+            self.client = _client_for(cfg, self._token, self._context)
             self.filter = self._selection.scoped(self.client)
         return self.filter
 
@@ -261,11 +262,24 @@ def _token(context: _Context) -> str:
     raise RequestError(Code.UNAUTHENTICATED, "missing authorization metadata ('Bearer <token>')")
 
 
-def _client_for(config: RoutingConfig, token: str) -> StreamClient:
+def _client_for(config: RoutingConfig, token: str, context: _Context) -> StreamClient:
     client = config.stream_client_for_token(token)
     if client is None:
         raise RequestError(Code.UNAUTHENTICATED, "unknown stream token")
+    if client.cert_subject and not frozenset(client.cert_subject) <= _peer_subject(context):
+        wanted = ",".join(f"{attr}={value}" for attr, value in client.cert_subject)
+        raise RequestError(Code.UNAUTHENTICATED, f"stream client {client.name!r} must present a TLS client "
+                           f"certificate with subject {wanted} (RELAY_GRPC_TLS_CLIENT_CA signed)")
     return client
+
+
+def _peer_subject(context: _Context) -> frozenset[tuple[str, str]]:
+    """The subject of the client's verified TLS certificate as (ATTRIBUTE, value) pairs; empty without one.
+    grpc fills ``x509_subject`` only for a certificate the server verified against its client CA."""
+    for raw in context.auth_context().get("x509_subject", ()):
+        with contextlib.suppress(ValueError):  # UnicodeDecodeError is a ValueError
+            return frozenset(parse_subject(raw.decode()))
+    return frozenset()
 
 
 def _consumer_name(client: StreamClient, consumer: str) -> str:
@@ -326,14 +340,14 @@ class RelayService(pb_grpc.RelayServicer):
         self._streams: dict[str, int] = {}  # open Subscribe streams per stream client name
 
     def _authenticate(self, context: _Context) -> StreamClient:
-        return _client_for(self.config(), _token(context))
+        return _client_for(self.config(), _token(context), context)
 
     @_streaming
     async def Subscribe(  # noqa: N802
         self, request: pb.SubscribeRequest, context: _Context
     ) -> AsyncGenerator[pb.Event, None]:
         token = _token(context)
-        live = _LiveFilter(self.config, token, Selection.of(request))
+        live = _LiveFilter(self.config, token, Selection.of(request), context)
         name = live.client.name
         # Each stream holds a page of events and a database read at times: one client (a reconnect
         # loop that never closes its old calls) must not take the server's memory and pool.

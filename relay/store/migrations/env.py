@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from relay.store.tables import metadata
+from relay.store.urls import driver_args
 
 MIGRATION_LOCK = 7_420_001  # arbitrary, shared by every replica
 
@@ -38,7 +39,11 @@ def _run(connection: Connection) -> None:
 
 
 async def _main(url: str) -> None:
-    engine = create_async_engine(url)
+    if url.startswith("postgresql"):  # libpq TLS parameters become asyncpg's ssl argument
+        drivers = driver_args(url)
+        engine = create_async_engine(drivers.asyncpg_url, connect_args=drivers.asyncpg_connect_args)
+    else:
+        engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)
