@@ -51,6 +51,8 @@ HTTP_CONNECTIONS_REFUSED = Counter(
     "relay_http_connections_refused", "Receiver connections cut at the edge (header_timeout, body_timeout, "
     "header_too_large, connection_limit)", ["reason"], registry=REGISTRY,
 )
+IP_REFUSED = Counter("relay_ip_refused", "Pushes and reads with a valid token from outside the subscription's "
+                     "allow_ips (answered 403, never stored)", ["subscription"], registry=REGISTRY)
 
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}

@@ -90,7 +90,10 @@ def http_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunI
             max_header_bytes=settings.http_max_header_bytes, max_connections=settings.http_max_connections)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=10, server_header=False, http=protocol,
-                                timeout_keep_alive=settings.http_keepalive_timeout)
+                                timeout_keep_alive=settings.http_keepalive_timeout,
+                                # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or
+                                # FORWARDED_ALLOW_IPS); the receiver decides by RELAY_TRUSTED_PROXIES
+                                proxy_headers=False)
         server = _Server(config)
         sock = bind(settings.http_host, settings.http_port)
         info.ports["http"] = sock.getsockname()[1]
@@ -106,11 +109,12 @@ def http_part(settings: Settings, store: Store, holder: ConfigHolder, info: RunI
 
 
 async def _watch_config(holder: ConfigHolder, stop: asyncio.Event, interval: float = 2.0) -> None:
-    """Reload forwarding.yaml when the file changes (SIGHUP does the same at once)."""
+    """Reload forwarding.yaml when the file or a secret file it names (``*_file``) changes (SIGHUP
+    does the same at once). The stats run off the event loop: a secret may sit on a slow mount."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-        if not stop.is_set() and holder.changed_on_disk():
+        if not stop.is_set() and await asyncio.to_thread(holder.changed_on_disk):
             holder.reload()
 
 

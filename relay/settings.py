@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ HELP: dict[str, str] = {
     "http_keepalive_timeout": "seconds an idle kept-alive receiver connection stays open",
     "http_max_header_bytes": "largest request line + headers; larger get 431 and the connection is closed",
     "http_max_connections": "open receiver connections at most; more are closed at once",
+    "trusted_proxies": "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)",
 }
 
 
@@ -137,6 +139,8 @@ class Settings:
     http_keepalive_timeout: int = 75
     http_max_header_bytes: int = 16 * 1024
     http_max_connections: int = 1000
+    # reverse proxies (CIDRs, comma-separated) whose X-Forwarded-For hops are believed for allow_ips
+    trusted_proxies: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -197,8 +201,18 @@ class Settings:
             problems.append("RELAY_HTTP_MAX_HEADER_BYTES: must be at least 1024")
         if self.http_max_connections < 1:
             problems.append("RELAY_HTTP_MAX_CONNECTIONS: must be at least 1")
+        for item in self.trusted_proxies.split(","):
+            try:
+                if item.strip():
+                    ipaddress.ip_network(item.strip(), strict=True)
+            except ValueError as exc:
+                problems.append(f"RELAY_TRUSTED_PROXIES: {item.strip()!r} is not a network: {exc}")
         if problems:
             raise ConfigError(problems)
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed (validated by ``validate``)."""
+        return tuple(ipaddress.ip_network(i.strip()) for i in self.trusted_proxies.split(",") if i.strip())
 
     def redacted_url(self) -> str:
         """The database URL with any password masked, for logs and check-config."""

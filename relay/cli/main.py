@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
-from relay.cli import dead, operate, pull, serve, tail
+from relay.cli import dead, endpoints, operate, pull, serve, tail
 from relay.errors import ConfigError, StoreError
 
 # Each module adds its subcommands with a ``func(args) -> exit code`` default: one declaration each.
-COMMANDS = (serve, operate, dead, pull, tail)
+COMMANDS = (serve, operate, dead, pull, tail, endpoints)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,8 @@ def create_app(settings: Settings, store: Store, config: Callable[[], RoutingCon
     The store must be started (and is closed) by the caller."""
     base = settings.base_path
     ingestor = Ingestor.from_settings(store, config, settings)
-    rx = Receiver(store, ingestor, config, base_path=base, max_body=settings.max_body_bytes)
+    rx = Receiver(store, ingestor, config, base_path=base, max_body=settings.max_body_bytes,
+                  trusted_proxies=settings.trusted_networks())
     ops = Ops(store)
     ep = rx.endpoint
     routes = [

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeAlias, TypeVar
+from urllib.parse import unquote
 
 import grpc
 import orjson
@@ -25,7 +26,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from relay import metrics
 from relay.errors import StoreError
 from relay.ocpi.paths import MODULES
-from relay.routing.model import CpoPattern, RoutingConfig, StreamClient, cpo_matches, parse_cpo
+from relay.routing.model import (
+    CpoPattern,
+    IpAddress,
+    RoutingConfig,
+    StreamClient,
+    address_allowed,
+    cpo_matches,
+    parse_address,
+    parse_cpo,
+)
 from relay.store.base import EventFilter, EventRecord, StateKey, Store, StoredState
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
@@ -131,7 +141,7 @@ def to_event(r: EventRecord) -> pb.Event:
         object_id=r.object_id, evse_uid=r.evse_uid, connector_id=r.connector_id,
         last_updated=_timestamp(r.last_updated) if r.last_updated is not None else None,
         received_at=_timestamp(r.received_at), body=body, object=obj, origin=r.origin, request_id=r.request_id,
-        truncated=truncated,
+        truncated=truncated, subscription=r.subscription or "",
     )
 
 
@@ -186,6 +196,14 @@ def _parse_ids(values: Iterable[str]) -> frozenset[str]:
     return ids
 
 
+def _parse_subscriptions(values: Iterable[str]) -> frozenset[str]:
+    names = frozenset(values)
+    for value in names:
+        if not value or len(value) > 100:
+            raise _invalid(f"subscriptions: {value[:120]!r} is not a subscription name (1 to 100 characters)")
+    return names
+
+
 def _covers(scope: CpoPattern, wanted: CpoPattern) -> bool:
     """True when every CPO ``wanted`` can match is also matched by ``scope``."""
     return scope.country_code in ("*", wanted.country_code) and scope.party_id in ("*", wanted.party_id)
@@ -215,10 +233,12 @@ class Selection:
     modules: frozenset[str]
     cpos: tuple[CpoPattern, ...]
     object_ids: frozenset[str]
+    subscriptions: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, request: pb.SubscribeRequest) -> Selection:
-        return cls(parse_modules(request.modules), parse_cpos(request.cpos), _parse_ids(request.object_ids))
+        return cls(parse_modules(request.modules), parse_cpos(request.cpos), _parse_ids(request.object_ids),
+                   _parse_subscriptions(request.subscriptions))
 
     def scoped(self, client: StreamClient) -> EventFilter:
         """The store filter: the request narrowed to the client's scope (empty = all it may see)."""
@@ -229,23 +249,24 @@ class Selection:
             cpos=None if any(p.country_code == p.party_id == "*" for p in cpos)
             else tuple((p.country_code, p.party_id) for p in cpos),
             object_ids=self.object_ids or None,
+            subscriptions=self.subscriptions or None,
         )
 
 
 class _LiveFilter:
     """The subscription's filter, recomputed when forwarding.yaml is reloaded (token and scope again)."""
 
-    def __init__(self, config: Callable[[], RoutingConfig], token: str, selection: Selection) -> None:
-        self._config, self._token, self._selection = config, token, selection
+    def __init__(self, config: Callable[[], RoutingConfig], token: str, selection: Selection, peer: str = "") -> None:
+        self._config, self._token, self._selection, self._peer = config, token, selection, peer
         self._seen = config()
-        self.client = _client_for(self._seen, token)
+        self.client = _client_for(self._seen, token, peer)
         self.filter = selection.scoped(self.client)
 
     def __call__(self) -> EventFilter:
         cfg = self._config()
         if cfg is not self._seen:
             self._seen = cfg
-            self.client = _client_for(cfg, self._token)
+            self.client = _client_for(cfg, self._token, self._peer)
             self.filter = self._selection.scoped(self.client)
         return self.filter
 
@@ -261,11 +282,25 @@ def _token(context: _Context) -> str:
     raise RequestError(Code.UNAUTHENTICATED, "missing authorization metadata ('Bearer <token>')")
 
 
-def _client_for(config: RoutingConfig, token: str) -> StreamClient:
+def _client_for(config: RoutingConfig, token: str, peer: str = "") -> StreamClient:
     client = config.stream_client_for_token(token)
     if client is None:
         raise RequestError(Code.UNAUTHENTICATED, "unknown stream token")
+    if client.allow_ips and not address_allowed(client.allow_ips, peer_address(peer)):
+        # a valid token from a wrong address: the token may have leaked (never log the token)
+        logger.warning("valid stream token from an address outside allow_ips (has the token leaked?)",
+                       extra={"client": client.name, "address": peer[:100]})
+        raise _denied(f"address {peer[:100]!r} is not allowed for stream client {client.name!r}")
     return client
+
+
+def peer_address(peer: str) -> IpAddress | None:
+    """The address of ``context.peer()``: ``ipv4:198.51.100.7:5678`` or ``ipv6:[2001:db8::1]:5678``;
+    None for anything else (a unix socket)."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    return parse_address(unquote(rest))  # some gRPC versions write ipv6:%5B::1%5D:5678
 
 
 def _consumer_name(client: StreamClient, consumer: str) -> str:
@@ -326,14 +361,14 @@ class RelayService(pb_grpc.RelayServicer):
         self._streams: dict[str, int] = {}  # open Subscribe streams per stream client name
 
     def _authenticate(self, context: _Context) -> StreamClient:
-        return _client_for(self.config(), _token(context))
+        return _client_for(self.config(), _token(context), context.peer() or "")
 
     @_streaming
     async def Subscribe(  # noqa: N802
         self, request: pb.SubscribeRequest, context: _Context
     ) -> AsyncGenerator[pb.Event, None]:
         token = _token(context)
-        live = _LiveFilter(self.config, token, Selection.of(request))
+        live = _LiveFilter(self.config, token, Selection.of(request), context.peer() or "")
         name = live.client.name
         # Each stream holds a page of events and a database read at times: one client (a reconnect
         # loop that never closes its old calls) must not take the server's memory and pool.
