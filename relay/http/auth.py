@@ -10,7 +10,14 @@ from starlette.requests import Request
 
 from relay import metrics
 from relay.errors import OcpiError
-from relay.routing.model import IpAddress, Network, RoutingConfig, Subscription, address_allowed, parse_address
+from relay.routing.model import (
+    IpAddress,
+    Network,
+    RoutingConfig,
+    Subscription,
+    address_allowed,
+    parse_address,
+)
 
 logger = logging.getLogger(__name__)
 

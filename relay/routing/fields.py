@@ -109,7 +109,7 @@ class FieldReader:
     @staticmethod
     def _unknown_key(where: str, key: str, allowed: frozenset[str] | set[str]) -> str:
         env_key = _SECRET_KEYS.get(key)
-        if env_key in allowed:
+        if env_key is not None and env_key in allowed:
             return (f"{where}: {key!r} is not allowed: secrets must come from an env var ({env_key}: VAR_NAME) "
                     f"or a file ({env_key[:-4]}_file: /run/secrets/NAME)")
         close = difflib.get_close_matches(key, sorted(allowed), n=1)
@@ -267,6 +267,14 @@ class FieldReader:
             self.problem(m.get(env_key) or m[file_key], f"{where}: {env_key} / {file_key} name {len(out)} secrets; "
                          "this one takes exactly one")
         return out
+
+    @staticmethod
+    def needs(node: Node, base: str) -> tuple[str, ...]:
+        """``(<base>_env,)`` for ``mapping``'s required keys unless the entry gives ``<base>_file``."""
+        if isinstance(node, MappingNode) and any(
+                isinstance(k, ScalarNode) and k.value == f"{base}_file" for k, _ in node.value):
+            return ()
+        return (f"{base}_env",)
 
     def one_or_many(self, node: Node | None, where: str, what: str) -> list[tuple[str, Node]]:
         """One string or a non-empty list of strings, each with its node."""

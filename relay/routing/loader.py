@@ -149,10 +149,10 @@ class _ConfigReader(RuleReader):
     def subscription(self, node: Node, where: str) -> Subscription | None:
         keys = frozenset({"name", "token_env", "token_file", "cpos", "modules", "default_cpo", "accept_base64",
                           "strict", "allow_ips"})
-        m = self.mapping(node, where, keys, ("name", "cpos"))
+        m = self.mapping(node, where, keys, ("name", *self.needs(node, "token"), "cpos"))
         if m is None:
             return None
-        tokens = [s for _, s, _ in self.secrets(m, node, "token", where)] or [Secret("")]
+        tokens = [s for _, s, _ in self.secrets(m, node, "token", where, required=False)] or [Secret("")]
         return Subscription(
             name=self.name(m, where),
             token=tokens[0],
@@ -167,10 +167,10 @@ class _ConfigReader(RuleReader):
 
     def stream_client(self, node: Node, where: str) -> StreamClient | None:
         keys = frozenset({"name", "token_env", "token_file", "modules", "cpos", "allow_ips"})
-        m = self.mapping(node, where, keys, ("name", "cpos"))
+        m = self.mapping(node, where, keys, ("name", *self.needs(node, "token"), "cpos"))
         if m is None:
             return None
-        tokens = [s for _, s, _ in self.secrets(m, node, "token", where)] or [Secret("")]
+        tokens = [s for _, s, _ in self.secrets(m, node, "token", where, required=False)] or [Secret("")]
         return StreamClient(
             name=self.name(m, where),
             token=tokens[0],
@@ -212,7 +212,8 @@ class _ConfigReader(RuleReader):
             found = self.secrets(m, node, own[:-4], where, required=False, single=kind == "ocpi")
             for origin, value, item in found:
                 if kind == "webhook" and not _is_whsec(value.reveal()):
-                    self.problem(item, f"{where}.{own[:-4]}: {origin} must hold a secret of the form whsec_<base64>")
+                    key = own if origin.startswith("env var") else own[:-4] + "_file"
+                    self.problem(item, f"{where}.{key}: {origin} must hold a secret of the form whsec_<base64>")
             secrets = [value for _, value, _ in found]
         secret = secrets[0] if secrets else None
         retry_base = self.number(m.get("retry_base"), f"{where}.retry_base", 1.0)
@@ -285,10 +286,10 @@ class _ConfigReader(RuleReader):
     def pull_source(self, node: Node, where: str) -> PullSource | None:
         keys = frozenset({"name", "url", "token_env", "token_file", "modules", "interval", "default_cpo", "page_limit",
                           "timeout"})
-        m = self.mapping(node, where, keys, ("name", "url"))
+        m = self.mapping(node, where, keys, ("name", "url", *self.needs(node, "token")))
         if m is None:
             return None
-        tokens = self.secrets(m, node, "token", where, single=True)
+        tokens = self.secrets(m, node, "token", where, required=False, single=True)
         return PullSource(
             name=self.name(m, where),
             url=self.url(m.get("url"), f"{where}.url"),

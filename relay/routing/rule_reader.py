@@ -119,14 +119,14 @@ class RuleReader(FieldReader):
             return Transform(kind, self.path_list(value, f"{where}.{kind}"))
         option = {"pseudonymise": "key_env", "round": "decimals", "coarsen_time": "unit"}[kind]
         allowed = {"fields", option, "key_file"} if kind == "pseudonymise" else {"fields", option}
-        required = ("fields",) if kind == "pseudonymise" else ("fields", option)
+        required = ("fields", *self.needs(value, "key")) if kind == "pseudonymise" else ("fields", option)
         m = self.mapping(value, f"{where}.{kind}", frozenset(allowed), required)
         if m is None:
             return None
         fields = self.path_list(m.get("fields"), f"{where}.{kind}.fields")
         if kind == "pseudonymise":
             # one key: a second would give the same id two pseudonyms
-            keys = self.secrets(m, value, "key", f"{where}.{kind}", single=True)
+            keys = self.secrets(m, value, "key", f"{where}.{kind}", required=False, single=True)
             return Transform(kind, fields, key=keys[0][1] if keys else None)
         if kind == "round":
             return Transform(kind, fields, decimals=self.integer(m.get("decimals"), f"{where}.round.decimals", 2, 0, 10))
