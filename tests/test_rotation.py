@@ -47,6 +47,15 @@ class Pusher:
                     await resp.read()
                     self.statuses.append(resp.status)
 
+    async def advanced(self) -> None:
+        """Wait until at least one more push was answered."""
+        n = len(self.statuses)
+
+        async def more() -> bool:
+            return len(self.statuses) > n
+
+        await eventually(more)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
@@ -100,17 +109,13 @@ async def test_old_and_new_token_during_rotation_then_old_removed_by_reload_with
     # the operator drops the old token; the reload (what SIGHUP runs) happens while pushes arrive
     subscription_config(Path(relay.settings.config), "token_env: TEST_ROTATE_NEW")
     for _ in range(5):
-        await eventually(lambda n=len(pusher.statuses): _more(pusher, n))
+        await pusher.advanced()
         assert holder.reload()
-    await eventually(lambda n=len(pusher.statuses): _more(pusher, n))
+    await pusher.advanced()
     statuses = await pusher.stop()
     assert len(statuses) >= 6 and set(statuses) == {200}
     assert await status_with(relay.base, OLD) == 401
     assert await status_with(relay.base, NEW) == 200
-
-
-async def _more(pusher: Pusher, n: int) -> bool:
-    return len(pusher.statuses) > n
 
 
 async def test_secret_file_change_is_picked_up_by_sighup(database_url: str, tmp_path: Path) -> None:
@@ -133,7 +138,7 @@ async def test_secret_file_change_is_picked_up_by_sighup(database_url: str, tmp_
             return await status_with(base, NEWER) == 200
 
         await eventually(newer_accepted)
-        await eventually(lambda n=len(pusher.statuses): _more(pusher, n))
+        await pusher.advanced()
         statuses = await pusher.stop()
         assert statuses and set(statuses) == {200}
         assert await status_with(base, OLD) == 401

@@ -9,7 +9,15 @@ import pytest
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 from tests.conftest import RelayHandle
-from tests.stream.conftest import BILLING_TOKEN, STREAM_CONFIG, bearer, location, put_location, read_n, subscribe
+from tests.stream.conftest import (
+    BILLING_TOKEN,
+    STREAM_CONFIG,
+    bearer,
+    location,
+    put_location,
+    read_n,
+    subscribe,
+)
 
 INSIDE_TOKEN = "stream-inside-token-6b1f"
 OUTSIDE_TOKEN = "stream-outside-token-0c4d"
