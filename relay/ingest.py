@@ -472,7 +472,8 @@ class _PushOp:
                                           if obj_text else "", decision.last_updated, push.method == "DELETE",
                                           obj_text))
             object_key = key.as_str()
-            for rule, target in route(self.config, key.module, action, key.country_code, key.party_id, decision.object):
+            for rule, target in route(self.config, key.module, action, key.country_code, key.party_id, decision.object,
+                                      push.source.name):
                 plan.deliveries.append(NewDelivery(target.name, rule.name, object_key))
         if push.replay_of is not None:
             plan.rejected_replay = (push.replay_of, datetime.now(UTC))

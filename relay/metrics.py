@@ -104,6 +104,8 @@ RETENTION_HELD = Gauge(
     "relay_consumer_retention_held_events", "Events older than RELAY_RETENTION kept because this durable "
     "consumer's cursor has not passed them (at the last retention pass)", ["consumer"], registry=REGISTRY,
 )
+IP_REFUSED = Counter("relay_ip_refused", "Pushes and reads with a valid token from outside the subscription's "
+                     "allow_ips (answered 403, never stored)", ["subscription"], registry=REGISTRY)
 
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}

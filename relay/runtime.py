@@ -137,7 +137,10 @@ async def _serve_uvicorn(name: str, app: Any, settings: Settings, host: str, por
     factory = (lambda _config, _default: tls.context) if tls is not None else None
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=10, server_header=False, http=protocol,
-                            timeout_keep_alive=settings.http_keepalive_timeout, ssl_context_factory=factory)
+                            timeout_keep_alive=settings.http_keepalive_timeout, ssl_context_factory=factory,
+                            # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS);
+                            # the receiver decides by RELAY_TRUSTED_PROXIES instead
+                            proxy_headers=False)
     server = _Server(config)
     sock = bind(host, port)
     info.ports[name] = sock.getsockname()[1]
@@ -151,11 +154,12 @@ async def _serve_uvicorn(name: str, app: Any, settings: Settings, host: str, por
 
 
 async def _watch_config(holder: ConfigHolder, stop: asyncio.Event, interval: float = 2.0) -> None:
-    """Reload forwarding.yaml when the file changes (SIGHUP does the same at once)."""
+    """Reload forwarding.yaml when the file or a secret file it names (``*_file``) changes (SIGHUP
+    does the same at once). The stats run off the event loop: a secret may sit on a slow mount."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-        if not stop.is_set() and holder.changed_on_disk():
+        if not stop.is_set() and await asyncio.to_thread(holder.changed_on_disk):
             holder.reload()
 
 

@@ -101,6 +101,7 @@ HELP: dict[str, str] = {
     "ops_host": "bind address of a separate /metrics /healthz /readyz listener (empty: on the receiver port)",
     "ops_port": "port of the ops listener, 0 = any free (logged as ops_listening)",
     "allow_plaintext": "allow a non-loopback listener without TLS (it is logged as a warning)",
+    "trusted_proxies": "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed (empty: none)",
 }
 
 
@@ -184,6 +185,8 @@ class Settings:
     ops_port: int = 0
     # false: `relay serve` refuses a listener on a non-loopback address without TLS (the image's default)
     allow_plaintext: bool = True
+    # reverse proxies (CIDRs, comma-separated) whose X-Forwarded-For hops are believed for allow_ips
+    trusted_proxies: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -293,6 +296,18 @@ class Settings:
         if not 0 <= self.ops_port <= 65535:
             problems.append(f"RELAY_OPS_PORT: {self.ops_port} is not a port number")
         return problems
+        for item in self.trusted_proxies.split(","):
+            try:
+                if item.strip():
+                    ipaddress.ip_network(item.strip(), strict=True)
+            except ValueError as exc:
+                problems.append(f"RELAY_TRUSTED_PROXIES: {item.strip()!r} is not a network: {exc}")
+        if problems:
+            raise ConfigError(problems)
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed (validated by ``validate``)."""
+        return tuple(ipaddress.ip_network(i.strip()) for i in self.trusted_proxies.split(",") if i.strip())
 
     def redacted_url(self) -> str:
         """The database URL with any password masked, for logs and check-config."""

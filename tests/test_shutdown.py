@@ -11,12 +11,12 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 from sqlalchemy import text
 
 from relay.store import SqlStore, open_store
@@ -25,47 +25,46 @@ from relay.stream._pb import relay_pb2_grpc as pb_grpc
 from tests.conftest import (
     GFX_TOKEN,
     PROCESS_STREAM_TOKEN,
-    Sink,
     eventually,
     example,
     process_config,
     process_env,
     spawn_relay,
 )
+from tests.servers import PartnerSink, Received, Reply, ocpi_envelope
 
 pytestmark = pytest.mark.slow
 
 CLIENTS = 32
 
 
-class HeldSink(Sink):
+@dataclass
+class HeldSink:
     """A partner that takes deliveries and never answers them: they are on the wire at SIGTERM."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = asyncio.Event()
-        self.waiting = 0
+    sink: PartnerSink
+    release: asyncio.Event
 
-    async def handle(self, request: web.Request) -> web.Response:
-        self.waiting += 1
-        await request.read()
-        await self.release.wait()
-        return web.json_response({"status_code": 1000, "timestamp": "2024-01-01T00:00:00Z"})
+    @property
+    def port(self) -> int:
+        return self.sink.port
+
+    @property
+    def waiting(self) -> int:
+        return self.sink.in_flight
 
 
 @pytest.fixture
-async def held_sink() -> AsyncIterator[HeldSink]:
-    s = HeldSink()
-    app = web.Application()
-    app.router.add_post("/hook", s.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    s.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield s
-    s.release.set()
-    await runner.cleanup()
+async def held_sink(partner_sink: PartnerSink) -> AsyncIterator[HeldSink]:
+    release = asyncio.Event()
+
+    async def hold(_rec: Received, _n: int) -> Reply:
+        await release.wait()
+        return 200, ocpi_envelope(), {}
+
+    partner_sink.answer = hold
+    yield HeldSink(partner_sink, release)
+    release.set()
 
 
 async def _push_until_gone(url: str, outcomes: dict[str, str]) -> None:

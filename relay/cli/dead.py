@@ -193,7 +193,7 @@ def _rows_for(cfg: RoutingConfig, target: str, ev: EventRecord) -> list[NewOutbo
     key = StateKey(ev.module, ev.country_code, ev.party_id, ev.object_id).as_str()
     return [
         NewOutboxRow(ev.seq, target, rule.name, key)
-        for rule, t in route(cfg, ev.module, ev.action, ev.country_code, ev.party_id, obj)
+        for rule, t in route(cfg, ev.module, ev.action, ev.country_code, ev.party_id, obj, ev.subscription)
         if t.name == target
     ]
 

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
-from relay.cli import backup, dead, operate, prune, pull, serve, tail
+from relay.cli import backup, dead, endpoints, operate, prune, pull, serve, tail
 from relay.errors import ConfigError, StoreError
 
 # Each module adds its subcommands with a ``func(args) -> exit code`` default: one declaration each.
-COMMANDS = (serve, operate, dead, pull, tail, prune, backup)
+COMMANDS = (serve, operate, dead, pull, tail, prune, backup, endpoints)
 
 
 def build_parser() -> argparse.ArgumentParser:

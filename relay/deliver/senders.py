@@ -149,7 +149,9 @@ def signature(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def webhook_request(delivery_id: int, event: EventRecord, rule: Rule, target: Target,
                     now: float | None = None) -> Request:
-    """POST of the signed event to ``target.url``; the timestamp is the send time (receivers check it)."""
+    """POST of the signed event to ``target.url``; the timestamp is the send time (receivers check it).
+    A target with several secrets (a rotation) is signed with each: ``v1,<sig1> v1,<sig2>``, which
+    Standard Webhooks receivers accept when any one verifies."""
     if target.secret is None:
         raise RenderError(f"webhook target {target.name} has no secret")
     body = webhook_body(event, rule, target)
@@ -159,7 +161,7 @@ def webhook_request(delivery_id: int, event: EventRecord, rule: Rule, target: Ta
     headers.update({
         "webhook-id": msg_id,
         "webhook-timestamp": str(stamp),
-        "webhook-signature": signature(target.secret, msg_id, stamp, body),
+        "webhook-signature": " ".join(signature(s, msg_id, stamp, body) for s in target.secrets),
     })
     return Request("POST", target.url, headers, body)
 

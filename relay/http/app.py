@@ -26,7 +26,8 @@ def create_app(settings: Settings, store: Store, config: Callable[[], RoutingCon
     The store must be started (and is closed) by the caller."""
     base = settings.base_path
     ingestor = Ingestor.from_settings(store, config, settings)
-    rx = Receiver(store, ingestor, config, base_path=base, max_body=settings.max_body_bytes)
+    rx = Receiver(store, ingestor, config, base_path=base, max_body=settings.max_body_bytes,
+                  trusted_proxies=settings.trusted_networks())
     ep = rx.endpoint
     # With RELAY_OPS_HOST/_PORT the ops endpoints live on their own listener (create_ops_app), not here.
     routes = [] if settings.ops_listener else Ops(store).routes()

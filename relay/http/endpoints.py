@@ -10,13 +10,13 @@ from starlette.responses import Response
 
 from relay import metrics
 from relay.errors import SUCCESS, OcpiError
-from relay.http.auth import authenticate
+from relay.http.auth import authenticate, check_source
 from relay.http.envelope import envelope
 from relay.ingest import Ingestor, Outcome, Push, Source
 from relay.ocpi.merge import match_evse
 from relay.ocpi.paths import Address, resolve
 from relay.ocpi.validate import check_path_ids
-from relay.routing.model import RoutingConfig, Subscription, cpo_matches
+from relay.routing.model import Network, RoutingConfig, Subscription, cpo_matches
 from relay.store.base import StateKey, Store
 
 
@@ -38,12 +38,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 class Receiver:
     """The OCPI endpoints; ``endpoint`` serves every receiver route of the app's routes list."""
 
-    def __init__(self, store: Store, ingestor: Ingestor, config: Any, *, base_path: str, max_body: int) -> None:
+    def __init__(self, store: Store, ingestor: Ingestor, config: Any, *, base_path: str, max_body: int,
+                 trusted_proxies: tuple[Network, ...] = ()) -> None:
         self.store = store
         self.ingestor = ingestor
         self.config = config  # callable returning the current RoutingConfig
         self.base_path = base_path
         self.max_body = max_body
+        self.trusted_proxies = trusted_proxies  # whose X-Forwarded-For is believed (RELAY_TRUSTED_PROXIES)
 
     async def endpoint(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -53,6 +55,10 @@ class Receiver:
         try:
             cfg: RoutingConfig = self.config()
             sub = authenticate(request, cfg)
+            if sub.allow_ips:
+                check_source(sub, request.client.host if request.client else None,
+                             [v.encode("latin-1") for v in request.headers.getlist("x-forwarded-for")],
+                             self.trusted_proxies)
             path = request.url.path[len(self.base_path):]
             addr = resolve(request.method, path)
             module = addr.module

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import metrics
 from relay.errors import SERVER_ERROR, SUCCESS, OcpiError
-from relay.http.auth import authenticate_header
+from relay.http.auth import authenticate_header, check_source
 from relay.http.endpoints import Receiver
 from relay.http.envelope import envelope_bytes
 from relay.http.middleware import answer_error, request_id_of
@@ -72,11 +72,14 @@ class FastPushes:
         started = time.perf_counter()
         status, code = 500, SERVER_ERROR
         auth = length = None
+        forwarded: list[bytes] = []
         for k, v in scope["headers"]:
             if k == b"authorization":
                 auth = v
             elif k == b"content-length":
                 length = v
+            elif k == b"x-forwarded-for":
+                forwarded.append(v)
         rid = request_id_of(scope)
         rid_text = rid.decode()
         token = request_id_var.set(rid_text)
@@ -84,6 +87,9 @@ class FastPushes:
         try:
             try:
                 sub = authenticate_header(auth.decode("latin-1") if auth is not None else None, self.rx.config())
+                if sub.allow_ips:  # before the body is read: a refused push is never stored
+                    client = scope.get("client")
+                    check_source(sub, client[0] if client else None, forwarded, self.rx.trusted_proxies)
                 body = await _read_body(receive, length, self.rx.max_body)
                 outcome = await self.rx.push(scope["method"], rel, addr, body, sub, rid_text)
                 status, code, message = outcome.http_status, outcome.status_code, outcome.message

@@ -61,25 +61,28 @@ def describe(config: RoutingConfig) -> dict[str, Any]:
         "path": config.path,
         "subscriptions": [
             {"name": s.name, "token": MASK, "cpos": cpos(s.cpos), "modules": modules(s.modules),
-             "default_cpo": cpo(s.default_cpo), "accept_base64": s.accept_base64, "strict": s.strict}
+             "default_cpo": cpo(s.default_cpo), "accept_base64": s.accept_base64, "strict": s.strict,
+             "tokens": len(s.tokens), "allow_ips": [str(n) for n in s.allow_ips]}
             for s in config.subscriptions
         ],
         "stream_clients": [
-            {"name": c.name, "token": MASK, "modules": modules(c.modules), "cpos": cpos(c.cpos)}
+            {"name": c.name, "token": MASK, "modules": modules(c.modules), "cpos": cpos(c.cpos),
+             "tokens": len(c.tokens), "allow_ips": [str(n) for n in c.allow_ips]}
             for c in config.stream_clients
         ],
         "targets": [
             {"name": t.name, "type": t.type, "url": redact_url(t.url), "secret": mask(t.secret), "token": mask(t.token),
              "timeout": t.timeout, "concurrency": t.concurrency, "rate_limit": t.rate_limit,
              "max_attempts": t.max_attempts, "retry_base": t.retry_base, "retry_max": t.retry_max,
-             "headers": {name: MASK for name, _ in t.headers}}
+             "headers": {name: MASK for name, _ in t.headers}, "secrets": len(t.secrets)}
             for t in config.targets
         ],
         "rules": [
             {"name": r.name,
              "match": {"modules": modules(r.match.modules), "cpos": cpos(r.match.cpos),
                        "actions": None if r.match.actions is None else sorted(r.match.actions),
-                       "conditions": [condition(c) for c in r.match.conditions]},
+                       "conditions": [condition(c) for c in r.match.conditions],
+                       "subscriptions": None if r.match.subscriptions is None else sorted(r.match.subscriptions)},
              "to": list(r.to), "transform": [transform(t) for t in r.transform]}
             for r in config.rules
         ],

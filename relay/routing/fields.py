@@ -8,6 +8,7 @@ whenever any problem was found, so defaults never reach a caller.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -57,6 +58,8 @@ class FieldReader:
         self.path = path
         self.env = env
         self.problems: list[str] = []
+        self.secret_files: list[str] = []  # every ``*_file`` read, for the reload watcher
+        self.sources: set[str] = set()  # subscription and pull source names (what rules may match)
         self._constructor = yaml.constructor.SafeConstructor()
 
     def problem(self, node: Node, message: str) -> None:
@@ -106,8 +109,9 @@ class FieldReader:
     @staticmethod
     def _unknown_key(where: str, key: str, allowed: frozenset[str] | set[str]) -> str:
         env_key = _SECRET_KEYS.get(key)
-        if env_key in allowed:
-            return f"{where}: {key!r} is not allowed: secrets must come from an env var ({env_key}: VAR_NAME)"
+        if env_key is not None and env_key in allowed:
+            return (f"{where}: {key!r} is not allowed: secrets must come from an env var ({env_key}: VAR_NAME) "
+                    f"or a file ({env_key[:-4]}_file: /run/secrets/NAME)")
         close = difflib.get_close_matches(key, sorted(allowed), n=1)
         hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(sorted(allowed))
         return f"{where}: unknown key {key!r} ({hint})"
@@ -242,6 +246,68 @@ class FieldReader:
             self.problem(node, f"{where}: env var {var} is {'not set' if value is None else 'empty'}")
             return var, None
         return var, Secret(value.strip())
+
+    def secrets(self, m: dict[str, Node], node: Node, base: str, where: str, *, required: bool = True,
+                single: bool = False) -> list[tuple[str, Secret, Node]]:
+        """The secrets of ``<base>_env`` and ``<base>_file`` (each one name or a list: old and new during
+        a rotation), as (where it came from, value, node); a value never enters a message."""
+        env_key, file_key = f"{base}_env", f"{base}_file"
+        out: list[tuple[str, Secret, Node]] = []
+        for var, item in self.one_or_many(m.get(env_key), f"{where}.{env_key}", "env var names"):
+            secret = self.env_secret(item, f"{where}.{env_key}")[1]
+            if secret is not None:
+                out.append((f"env var {var}", secret, item))
+        for name, item in self.one_or_many(m.get(file_key), f"{where}.{file_key}", "file paths"):
+            secret = self.file_secret(name, item, f"{where}.{file_key}")
+            if secret is not None:
+                out.append((f"file {name}", secret, item))
+        if required and env_key not in m and file_key not in m:
+            self.problem(node, f"{where}: missing required key {env_key!r} (or {file_key!r})")
+        if single and len(out) > 1:
+            self.problem(m.get(env_key) or m[file_key], f"{where}: {env_key} / {file_key} name {len(out)} secrets; "
+                         "this one takes exactly one")
+        return out
+
+    @staticmethod
+    def needs(node: Node, base: str) -> tuple[str, ...]:
+        """``(<base>_env,)`` for ``mapping``'s required keys unless the entry gives ``<base>_file``."""
+        if isinstance(node, MappingNode) and any(
+                isinstance(k, ScalarNode) and k.value == f"{base}_file" for k, _ in node.value):
+            return ()
+        return (f"{base}_env",)
+
+    def one_or_many(self, node: Node | None, where: str, what: str) -> list[tuple[str, Node]]:
+        """One string or a non-empty list of strings, each with its node."""
+        if node is None:
+            return []
+        if isinstance(node, SequenceNode):
+            return self.strings(node, where, what)
+        value = self.text(node, where)
+        return [(value, node)] if value else []
+
+    def file_secret(self, name: str, node: Node, where: str) -> Secret | None:
+        """The content of a secret file as Docker and Kubernetes mount them (one trailing newline
+        stripped); a relative path is relative to forwarding.yaml's directory."""
+        path = name if os.path.isabs(name) else os.path.join(os.path.dirname(self.path), name)
+        self.secret_files.append(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read()
+        except OSError as exc:
+            self.problem(node, f"{where}: cannot read secret file {name}: {exc.strerror or type(exc).__name__}")
+            return None
+        except UnicodeDecodeError:
+            self.problem(node, f"{where}: secret file {name} is not UTF-8 text")
+            return None
+        value = value[:-1] if value.endswith("\n") else value
+        value = value[:-1] if value.endswith("\r") else value
+        if not value.strip():
+            self.problem(node, f"{where}: secret file {name} is empty")
+            return None
+        if "\n" in value or "\r" in value:
+            self.problem(node, f"{where}: secret file {name} must hold one line")
+            return None
+        return Secret(value)
 
     def path_list(self, node: Node | None, where: str) -> tuple[str, ...]:
         out = []

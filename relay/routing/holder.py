@@ -18,10 +18,11 @@ logger = logging.getLogger(__name__)
 def config_secrets(cfg: RoutingConfig) -> list[str]:
     """Every secret value of ``cfg`` (for the log redaction filter)."""
     out: list[str] = []
-    for group in (cfg.subscriptions, cfg.stream_clients, cfg.pull):
-        out.extend(x.token.reveal() for x in group)
+    for group in (cfg.subscriptions, cfg.stream_clients):
+        out.extend(t.reveal() for x in group for t in x.tokens)
+    out.extend(p.token.reveal() for p in cfg.pull)
     for t in cfg.targets:
-        out.extend(s.reveal() for s in (t.secret, t.token) if s is not None)
+        out.extend(s.reveal() for s in (*t.secrets, t.token) if s is not None)
         out.extend(value for _, value in t.headers if len(value) >= 4)  # header values may be credentials
         out.extend(url_secrets(t.url))
     for p in cfg.pull:
@@ -39,6 +40,7 @@ class ConfigHolder:
         self._env = env
         self.current: RoutingConfig = load_config(path, env)
         self._mtime = self._stat()
+        self._secret_stamps = self._secret_stat(self.current.secret_files)
         self._listeners: list[Callable[[RoutingConfig], None]] = []
         secret_filter.set_secrets(config_secrets(self.current))
 
@@ -54,17 +56,41 @@ class ConfigHolder:
         except OSError:
             return None
 
+    @staticmethod
+    def _secret_stat(paths: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+        # mtime, size and inode: Kubernetes replaces a mounted secret by swapping a symlink, which
+        # may keep the mtime of a same-sized file but never its inode
+        out: list[tuple[int, int, int] | None] = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(out)
+
     def changed_on_disk(self) -> bool:
-        return self._stat() != self._mtime
+        """Whether forwarding.yaml or one of the secret files it names changed since the last load."""
+        return self._stat() != self._mtime or self.secrets_changed_on_disk()
+
+    def secrets_changed_on_disk(self) -> bool:
+        """Whether a secret file (``*_file``) of the current config changed since it was read."""
+        return self._secret_stat(self.current.secret_files) != self._secret_stamps
 
     def reload(self) -> bool:
-        """Load and validate the file again; keep the old config if the new one is bad."""
+        """Load and validate the file and its secrets again (files and env); keep the old config if
+        the new one is bad. The new config replaces the old in one assignment: a request in flight
+        keeps the config it started with, the next one sees the new."""
         self._mtime = self._stat()
         try:
             new = load_config(self.path, self._env)
         except ConfigError as err:
             logger.error("config reload refused, keeping the previous config", extra={"problems": err.problems})
+            # a missing secret file would otherwise be retried by the watcher every interval
+            self._secret_stamps = self._secret_stat(self.current.secret_files)
             return False
+        self._secret_stamps = self._secret_stat(new.secret_files)
         self.current = new
         secret_filter.set_secrets(config_secrets(new))
         for fn in self._listeners:

@@ -6,6 +6,7 @@ Built by relay.routing.loader; a reload builds a new RoutingConfig and swaps it 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -61,6 +62,43 @@ def format_cpo(country_code: str, party_id: str) -> str:
 
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_network(text: str) -> Network:
+    """``"198.51.100.0/24"``, ``"2001:db8::/32"`` or one address; ValueError for anything else
+    (host bits set, such as ``10.0.0.1/8``, count as a mistake)."""
+    return ipaddress.ip_network(text.strip(), strict=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_address(text: str) -> IpAddress | None:
+    """An IP address as a socket or ``X-Forwarded-For`` gives it; None when it is not one. IPv4-mapped
+    IPv6 (``::ffff:198.51.100.7``, a dual-stack socket) is the IPv4 address. Cached: a sender pushes
+    from the same few addresses."""
+    text = text.strip()
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        # some proxies write a port: "198.51.100.7:5678", "[2001:db8::1]:5678"
+        host = text[1:text.find("]")] if text.startswith("[") else text.rpartition(":")[0] if text.count(":") == 1 else ""
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def address_allowed(networks: tuple[Network, ...], address: IpAddress | None) -> bool:
+    """Whether ``address`` lies in one of ``networks`` (an unknown address lies in none)."""
+    if address is None:
+        return False
+    return any(address in net for net in networks)
+
+
 @functools.lru_cache(maxsize=1024)
 def split_path(path: str) -> tuple[str, ...]:
     """``"evses.*.uid"`` to ``("evses", "*", "uid")``; raise ValueError for a malformed path."""
@@ -80,6 +118,14 @@ class Subscription:
     default_cpo: tuple[str, str] | None
     accept_base64: bool = False
     strict: bool = False
+    # further valid tokens (a token_env / token_file list: old and new during a rotation)
+    more_tokens: tuple[Secret, ...] = field(default=(), repr=False)
+    # source networks a push may come from; empty: any (checked only when non-empty)
+    allow_ips: tuple[Network, ...] = ()
+
+    @property
+    def tokens(self) -> tuple[Secret, ...]:
+        return (self.token, *self.more_tokens)
 
 
 @dataclass(frozen=True)
@@ -90,8 +136,14 @@ class StreamClient:
     token: Secret
     modules: frozenset[str]
     cpos: tuple[CpoPattern, ...]
+    more_tokens: tuple[Secret, ...] = field(default=(), repr=False)
+    allow_ips: tuple[Network, ...] = ()
     # ``cert_subject``: (attribute, value) pairs the client's TLS certificate subject must contain
     cert_subject: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def tokens(self) -> tuple[Secret, ...]:
+        return (self.token, *self.more_tokens)
 
 
 def parse_subject(text: str) -> tuple[tuple[str, str], ...]:
@@ -124,6 +176,12 @@ class Target:
     # extra request headers (``headers`` and ``headers_env`` merged): values may be credentials, so
     # they are never shown (masked in `describe`, left out of repr, scrubbed from logs)
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # further webhook secrets (a secret_env / secret_file list): every copy is signed with each
+    more_secrets: tuple[Secret, ...] = field(default=(), repr=False)
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        return () if self.secret is None else (self.secret, *self.more_secrets)
 
 
 @dataclass(frozen=True)
@@ -137,12 +195,14 @@ class Condition:
 
 @dataclass(frozen=True)
 class Match:
-    """What a rule matches; None means "any" for modules, cpos and actions."""
+    """What a rule matches; None means "any" for modules, cpos, actions and subscriptions."""
 
     modules: frozenset[str] | None
     cpos: tuple[CpoPattern, ...] | None
     actions: frozenset[str] | None
     conditions: tuple[Condition, ...]
+    # names of the subscriptions (or pull sources) whose events the rule takes
+    subscriptions: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +253,8 @@ class RoutingConfig:
     rules: tuple[Rule, ...] = ()
     pull: tuple[PullSource, ...] = ()
     path: str = ""
+    # secret files the config was read from (``*_file`` keys): a reload is due when one changes
+    secret_files: tuple[str, ...] = ()
     # Derived once here because route() and token lookups run on every request.
     _targets: dict[str, Target] = field(init=False, repr=False, compare=False)
     _by_module: dict[str, tuple[_RouteEntry, ...]] = field(init=False, repr=False, compare=False)
@@ -210,8 +272,8 @@ class RoutingConfig:
         by_module = {
             m: tuple(e for e in entries if e[0].match.modules is None or m in e[0].match.modules) for m in MODULES
         }
-        sub_tokens = TokenTable((s, s.token.reveal(), s.accept_base64) for s in self.subscriptions)
-        stream_tokens = TokenTable((c, c.token.reveal(), False) for c in self.stream_clients)
+        sub_tokens = TokenTable((s, t.reveal(), s.accept_base64) for s in self.subscriptions for t in s.tokens)
+        stream_tokens = TokenTable((c, t.reveal(), False) for c in self.stream_clients for t in c.tokens)
         object.__setattr__(self, "_targets", targets)
         object.__setattr__(self, "_by_module", by_module)
         object.__setattr__(self, "_sub_tokens", sub_tokens)

@@ -49,9 +49,17 @@ class RuleReader(FieldReader):
     def match(self, node: Node | None, where: str) -> Match:
         if node is None:
             return Match(None, None, None, ())  # no match block: every event
-        m = self.mapping(node, where, frozenset({"modules", "cpos", "actions", "conditions"}))
+        m = self.mapping(node, where, frozenset({"modules", "cpos", "actions", "conditions", "subscriptions"}))
         if m is None:
             return Match(None, None, None, ())
+        subscriptions = None
+        if "subscriptions" in m:
+            listed = self.strings(m["subscriptions"], f"{where}.subscriptions", "subscriptions")
+            for name, item in listed:
+                if name not in self.sources:
+                    known = ", ".join(sorted(self.sources)) or "none"
+                    self.problem(item, f"{where}.subscriptions: unknown subscription {name!r} (known: {known})")
+            subscriptions = frozenset(name for name, _ in listed)
         actions = None
         if "actions" in m:
             listed = self.strings(m["actions"], f"{where}.actions", "actions")
@@ -65,6 +73,7 @@ class RuleReader(FieldReader):
             cpos=self.cpos(m["cpos"], f"{where}.cpos") if "cpos" in m else None,
             actions=actions,
             conditions=tuple(c for c in conditions if c),
+            subscriptions=subscriptions,
         )
 
     def condition(self, node: Node, where: str) -> Condition | None:
@@ -109,12 +118,16 @@ class RuleReader(FieldReader):
         if kind in ("keep", "drop"):
             return Transform(kind, self.path_list(value, f"{where}.{kind}"))
         option = {"pseudonymise": "key_env", "round": "decimals", "coarsen_time": "unit"}[kind]
-        m = self.mapping(value, f"{where}.{kind}", frozenset({"fields", option}), ("fields", option))
+        allowed = {"fields", option, "key_file"} if kind == "pseudonymise" else {"fields", option}
+        required = ("fields", *self.needs(value, "key")) if kind == "pseudonymise" else ("fields", option)
+        m = self.mapping(value, f"{where}.{kind}", frozenset(allowed), required)
         if m is None:
             return None
         fields = self.path_list(m.get("fields"), f"{where}.{kind}.fields")
         if kind == "pseudonymise":
-            return Transform(kind, fields, key=self.env_secret(m.get("key_env"), f"{where}.{kind}.key_env")[1])
+            # one key: a second would give the same id two pseudonyms
+            keys = self.secrets(m, value, "key", f"{where}.{kind}", required=False, single=True)
+            return Transform(kind, fields, key=keys[0][1] if keys else None)
         if kind == "round":
             return Transform(kind, fields, decimals=self.integer(m.get("decimals"), f"{where}.round.decimals", 2, 0, 10))
         unit = self.text(m.get("unit"), f"{where}.coarsen_time.unit")

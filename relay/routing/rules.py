@@ -16,17 +16,21 @@ def route(
     country_code: str | None,
     party_id: str | None,
     obj: Mapping[str, Any],
+    subscription: str | None = None,
 ) -> tuple[tuple[Rule, Target], ...]:
     """Every (rule, target) pair whose rule matches the event, in file order.
 
     A target reached by two rules appears once per rule, since each rule carries its own
     transforms: the partner gets two differently filtered copies, and the outbox keeps one row
-    per (event, target, rule). ``obj`` is what conditions look at. Pure: no I/O, no state.
+    per (event, target, rule). ``obj`` is what conditions look at; ``subscription`` is the name of
+    the subscription (or pull source) the event came in by. Pure: no I/O, no state.
     """
     act = action.lower()
     pairs: list[tuple[Rule, Target]] = []
     # rules_for is precomputed per module inside RoutingConfig: route() runs for every event.
     for rule, targets in config.rules_for(module):
+        if rule.match.subscriptions is not None and subscription not in rule.match.subscriptions:
+            continue
         if matches(rule.match, act, country_code, party_id, obj):
             pairs.extend((rule, t) for t in targets)
     return tuple(pairs)

@@ -190,6 +190,7 @@ class EventFilter:
     modules: frozenset[str] | None = None
     cpos: tuple[tuple[str, str], ...] | None = None  # (cc, party) with "*" wildcards
     object_ids: frozenset[str] | None = None
+    subscriptions: frozenset[str] | None = None  # names of the subscriptions / pull sources events came by
 
 
 @dataclass(frozen=True, slots=True)

@@ -540,6 +540,8 @@ class SqlStore(Store):
                     stmt = stmt.where(clause)
             if flt.object_ids is not None:
                 stmt = stmt.where(EVENT.c.object_id.in_(sorted(flt.object_ids)))
+            if flt.subscriptions is not None:
+                stmt = stmt.where(EVENT.c.subscription.in_(sorted(flt.subscriptions)))
         stmt = stmt.order_by(EVENT.c.seq).limit(limit)
         return [event_record(r) for r in await self._fetch(stmt)]
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeAlias, TypeVar
+from urllib.parse import unquote
 
 import grpc
 import orjson
@@ -25,7 +26,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from relay import metrics
 from relay.errors import StoreError
 from relay.ocpi.paths import MODULES
-from relay.routing.model import CpoPattern, RoutingConfig, StreamClient, cpo_matches, parse_cpo, parse_subject
+from relay.routing.model import (
+    CpoPattern,
+    IpAddress,
+    RoutingConfig,
+    StreamClient,
+    address_allowed,
+    cpo_matches,
+    parse_address,
+    parse_cpo,
+    parse_subject,
+)
 from relay.store.base import EventFilter, EventRecord, StateKey, Store, StoredState
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
@@ -131,7 +142,7 @@ def to_event(r: EventRecord) -> pb.Event:
         object_id=r.object_id, evse_uid=r.evse_uid, connector_id=r.connector_id,
         last_updated=_timestamp(r.last_updated) if r.last_updated is not None else None,
         received_at=_timestamp(r.received_at), body=body, object=obj, origin=r.origin, request_id=r.request_id,
-        truncated=truncated,
+        truncated=truncated, subscription=r.subscription or "",
     )
 
 
@@ -186,6 +197,14 @@ def _parse_ids(values: Iterable[str]) -> frozenset[str]:
     return ids
 
 
+def _parse_subscriptions(values: Iterable[str]) -> frozenset[str]:
+    names = frozenset(values)
+    for value in names:
+        if not value or len(value) > 100:
+            raise _invalid(f"subscriptions: {value[:120]!r} is not a subscription name (1 to 100 characters)")
+    return names
+
+
 def _covers(scope: CpoPattern, wanted: CpoPattern) -> bool:
     """True when every CPO ``wanted`` can match is also matched by ``scope``."""
     return scope.country_code in ("*", wanted.country_code) and scope.party_id in ("*", wanted.party_id)
@@ -215,10 +234,12 @@ class Selection:
     modules: frozenset[str]
     cpos: tuple[CpoPattern, ...]
     object_ids: frozenset[str]
+    subscriptions: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, request: pb.SubscribeRequest) -> Selection:
-        return cls(parse_modules(request.modules), parse_cpos(request.cpos), _parse_ids(request.object_ids))
+        return cls(parse_modules(request.modules), parse_cpos(request.cpos), _parse_ids(request.object_ids),
+                   _parse_subscriptions(request.subscriptions))
 
     def scoped(self, client: StreamClient) -> EventFilter:
         """The store filter: the request narrowed to the client's scope (empty = all it may see)."""
@@ -229,6 +250,7 @@ class Selection:
             cpos=None if any(p.country_code == p.party_id == "*" for p in cpos)
             else tuple((p.country_code, p.party_id) for p in cpos),
             object_ids=self.object_ids or None,
+            subscriptions=self.subscriptions or None,
         )
 
 
@@ -266,11 +288,26 @@ def _client_for(config: RoutingConfig, token: str, context: _Context) -> StreamC
     client = config.stream_client_for_token(token)
     if client is None:
         raise RequestError(Code.UNAUTHENTICATED, "unknown stream token")
+    peer = context.peer() or ""
+    if client.allow_ips and not address_allowed(client.allow_ips, peer_address(peer)):
+        # a valid token from a wrong address: the token may have leaked (never log the token)
+        logger.warning("valid stream token from an address outside allow_ips (has the token leaked?)",
+                       extra={"client": client.name, "address": peer[:100]})
+        raise _denied(f"address {peer[:100]!r} is not allowed for stream client {client.name!r}")
     if client.cert_subject and not frozenset(client.cert_subject) <= _peer_subject(context):
         wanted = ",".join(f"{attr}={value}" for attr, value in client.cert_subject)
         raise RequestError(Code.UNAUTHENTICATED, f"stream client {client.name!r} must present a TLS client "
                            f"certificate with subject {wanted} (RELAY_GRPC_TLS_CLIENT_CA signed)")
     return client
+
+
+def peer_address(peer: str) -> IpAddress | None:
+    """The address of ``context.peer()``: ``ipv4:198.51.100.7:5678`` or ``ipv6:[2001:db8::1]:5678``;
+    None for anything else (a unix socket)."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    return parse_address(unquote(rest))  # some gRPC versions write ipv6:%5B::1%5D:5678
 
 
 def _peer_subject(context: _Context) -> frozenset[tuple[str, str]]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import Sink, eventually, process_config, process_env, put_location_acked, spawn_relay
+from tests.conftest import eventually, process_config, process_env, put_location_acked, spawn_relay
+from tests.servers import PartnerSink
 
 CLIENTS = 16
 
@@ -40,9 +41,9 @@ async def _relay_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_backup_during_load_restores_every_acknowledged_event(tmp_path: Path, sink: Sink) -> None:
+async def test_backup_during_load_restores_every_acknowledged_event(tmp_path: Path, partner_sink: PartnerSink) -> None:
     db = tmp_path / "relay.db"
-    env = process_env(f"sqlite:///{db}", process_config(tmp_path, sink, timeout=5))
+    env = process_env(f"sqlite:///{db}", process_config(tmp_path, partner_sink, timeout=5))
     relay = await spawn_relay(env, want=("http", "grpc"))
     copy = tmp_path / "backup" / "copy.db"
     copy.parent.mkdir()
@@ -82,8 +83,8 @@ def _check_restored(copy: Path, before: set[str]) -> None:
     assert seqs == list(range(1, len(seqs) + 1)), "the copy's event log has a gap"
 
 
-async def test_backup_refuses_an_existing_file(tmp_path: Path, sink: Sink) -> None:
-    env = process_env(f"sqlite:///{tmp_path / 'relay.db'}", process_config(tmp_path, sink, timeout=5))
+async def test_backup_refuses_an_existing_file(tmp_path: Path, partner_sink: PartnerSink) -> None:
+    env = process_env(f"sqlite:///{tmp_path / 'relay.db'}", process_config(tmp_path, partner_sink, timeout=5))
     code, _out, _err = await _relay_cli(env, "migrate")
     assert code == 0
     existing = tmp_path / "keep.db"
@@ -95,8 +96,8 @@ async def test_backup_refuses_an_existing_file(tmp_path: Path, sink: Sink) -> No
 
 
 async def test_backup_of_postgresql_is_refused_with_its_own_tools_named(pg_database: str, tmp_path: Path,
-                                                                       sink: Sink) -> None:
-    env = process_env(pg_database, process_config(tmp_path, sink, timeout=5))
+                                                                       partner_sink: PartnerSink) -> None:
+    env = process_env(pg_database, process_config(tmp_path, partner_sink, timeout=5))
     code, _out, err = await _relay_cli(env, "backup", str(tmp_path / "copy.db"))
     assert code == 2
     assert "pg_dump" in err and "pg_basebackup" in err
@@ -124,10 +125,10 @@ def _restored_ids(path: Path) -> tuple[list[tuple[str]], set[str]]:
 
 
 async def test_litestream_replica_of_a_running_relay_restores_every_acknowledged_event(
-        tmp_path: Path, sink: Sink) -> None:
+        tmp_path: Path, partner_sink: PartnerSink) -> None:
     db = tmp_path / "relay.db"
     # a small WAL limit: the relay truncates the WAL under Litestream's feet many times
-    env = process_env(f"sqlite:///{db}", process_config(tmp_path, sink, timeout=5),
+    env = process_env(f"sqlite:///{db}", process_config(tmp_path, partner_sink, timeout=5),
                       RELAY_SQLITE_WAL_MAX_BYTES=str(1024 * 1024), RELAY_LOG_LEVEL="INFO")
     relay = await spawn_relay(env, want=("http", "grpc"))
     config = tmp_path / "litestream.yml"

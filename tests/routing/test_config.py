@@ -20,6 +20,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "forwarding.yaml"
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 ENV = {
     "RELAY_TOKEN_GREENFLUX": "gfx-token-7f3a",
+    "RELAY_TOKEN_GREENFLUX_ACCEPTANCE": "gfx-acceptance-token-2b9e",
     "RELAY_TOKEN_OTHER": "other-token-91c2",
     "RELAY_STREAM_TOKEN_BILLING": "stream-billing-55d1",
     "RELAY_RESEARCH_SECRET": WHSEC,

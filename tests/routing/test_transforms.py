@@ -209,6 +209,7 @@ def test_values_at_collects_every_match() -> None:
 
 RESEARCH_ENV = {
     "RELAY_TOKEN_GREENFLUX": "gfx-token",
+    "RELAY_TOKEN_GREENFLUX_ACCEPTANCE": "gfx-acceptance-token",
     "RELAY_STREAM_TOKEN_BILLING": "billing-token",
     "RELAY_RESEARCH_SECRET": "whsec_" + base64.b64encode(b"research-secret-32-bytes-long!!").decode(),
     "RELAY_PARTNER_TOKEN": "partner-token",
@@ -228,7 +229,8 @@ def research_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def research_copy(config: Any, module: str, action: str, obj: dict[str, Any]) -> str:
-    pairs = [(rule, target) for rule, target in route(config, module, action, "NL", "GFX", obj) if target.name == "research"]
+    pairs = [(rule, target) for rule, target in route(config, module, action, "NL", "GFX", obj, "greenflux")
+             if target.name == "research"]
     assert len(pairs) == 1, "exactly one research rule per module"
     rule, target = pairs[0]
     return json.dumps(apply_transforms(rule.transform, obj, target.name), ensure_ascii=False)

@@ -21,12 +21,12 @@ from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
 from tests.conftest import (
     PROCESS_STREAM_TOKEN,
-    Sink,
     process_config,
     process_env,
     put_location_acked,
     spawn_relay,
 )
+from tests.servers import PartnerSink
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +59,10 @@ async def _push_all(url: str, acked: set[str]) -> None:
         await asyncio.gather(*(client(session) for _ in range(CLIENTS)))
 
 
-async def test_wal_stays_under_its_limit_under_load_with_readers(tmp_path: Path, sink: Sink) -> None:
+async def test_wal_stays_under_its_limit_under_load_with_readers(tmp_path: Path, partner_sink: PartnerSink) -> None:
     db = tmp_path / "relay.db"
     wal = Path(f"{db}-wal")
-    env = process_env(f"sqlite:///{db}", process_config(tmp_path, sink, timeout=5),
+    env = process_env(f"sqlite:///{db}", process_config(tmp_path, partner_sink, timeout=5),
                       RELAY_SQLITE_WAL_MAX_BYTES=str(WAL_LIMIT), RELAY_LOG_LEVEL="INFO")
     proc = await spawn_relay(env, want=("http", "grpc"))
     stop = asyncio.Event()
@@ -94,7 +94,7 @@ async def test_wal_stays_under_its_limit_under_load_with_readers(tmp_path: Path,
               f"{pauses[-1]} ms (longest)")
     print(f"WAL: {len(sizes)} samples, largest {biggest / 2**20:.1f} MiB (limit {WAL_LIMIT / 2**20:.1f} MiB); "
           f"{len(acked)} pushes acknowledged; subscribers at seq {seen[0][0]}, {seen[1][0]}; "
-          f"sink received {len(sink.received)}")
+          f"sink received {len(partner_sink.received)}")
     assert len(acked) == PUSHES
     assert min(s[0] for s in seen) > 0, "the subscribers read nothing: the test did not load the WAL with readers"
     assert biggest <= WAL_LIMIT * MARGIN, f"the WAL reached {biggest} bytes, limit {WAL_LIMIT}"

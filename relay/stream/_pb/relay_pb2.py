@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ocpi_relay/v1/relay.proto\x12\rocpi_relay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x10SubscribeRequest\x12\x0f\n\x07modules\x18\x01 \x03(\t\x12\x0c\n\x04\x63pos\x18\x02 \x03(\t\x12\x12\n\nobject_ids\x18\x03 \x03(\t\x12\x13\n\tafter_seq\x18\n \x01(\x04H\x00\x12+\n\x05since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x12\n\x08\x65\x61rliest\x18\x0c \x01(\x08H\x00\x12\x10\n\x06latest\x18\r \x01(\x08H\x00\x12\x12\n\x08\x63onsumer\x18\x0e \x01(\tH\x00\x42\x07\n\x05start\"\xcf\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06module\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x04 \x01(\t\x12\x10\n\x08party_id\x18\x05 \x01(\t\x12\x11\n\tobject_id\x18\x06 \x01(\t\x12\x10\n\x08\x65vse_uid\x18\x07 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x08 \x01(\t\x12\x30\n\x0clast_updated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x62ody\x18\x0b \x01(\x0c\x12\x0e\n\x06object\x18\x0c \x01(\x0c\x12\x0e\n\x06origin\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12\x11\n\ttruncated\x18\x0f \x01(\x08\".\n\rCommitRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x1d\n\x0e\x43ommitResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"V\n\x10GetObjectRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x02 \x01(\t\x12\x10\n\x08party_id\x18\x03 \x01(\t\x12\n\n\x02id\x18\x04 \x01(\t\"\xa0\x01\n\x06Object\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x02 \x01(\t\x12\x10\n\x08party_id\x18\x03 \x01(\t\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0e\n\x06object\x18\x05 \x01(\x0c\x12\x30\n\x0clast_updated\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x07 \x01(\x04\"Y\n\x12ListObjectsRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x0c\n\x04\x63pos\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x13ListObjectsResponse\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.ocpi_relay.v1.Object\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xaf\x02\n\x05Relay\x12\x44\n\tSubscribe\x12\x1f.ocpi_relay.v1.SubscribeRequest\x1a\x14.ocpi_relay.v1.Event0\x01\x12\x45\n\x06\x43ommit\x12\x1c.ocpi_relay.v1.CommitRequest\x1a\x1d.ocpi_relay.v1.CommitResponse\x12\x43\n\tGetObject\x12\x1f.ocpi_relay.v1.GetObjectRequest\x1a\x15.ocpi_relay.v1.Object\x12T\n\x0bListObjects\x12!.ocpi_relay.v1.ListObjectsRequest\x1a\".ocpi_relay.v1.ListObjectsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ocpi_relay/v1/relay.proto\x12\rocpi_relay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n\x10SubscribeRequest\x12\x0f\n\x07modules\x18\x01 \x03(\t\x12\x0c\n\x04\x63pos\x18\x02 \x03(\t\x12\x12\n\nobject_ids\x18\x03 \x03(\t\x12\x15\n\rsubscriptions\x18\x04 \x03(\t\x12\x13\n\tafter_seq\x18\n \x01(\x04H\x00\x12+\n\x05since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x12\n\x08\x65\x61rliest\x18\x0c \x01(\x08H\x00\x12\x10\n\x06latest\x18\r \x01(\x08H\x00\x12\x12\n\x08\x63onsumer\x18\x0e \x01(\tH\x00\x42\x07\n\x05start\"\xe5\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06module\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x04 \x01(\t\x12\x10\n\x08party_id\x18\x05 \x01(\t\x12\x11\n\tobject_id\x18\x06 \x01(\t\x12\x10\n\x08\x65vse_uid\x18\x07 \x01(\t\x12\x14\n\x0c\x63onnector_id\x18\x08 \x01(\t\x12\x30\n\x0clast_updated\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x62ody\x18\x0b \x01(\x0c\x12\x0e\n\x06object\x18\x0c \x01(\x0c\x12\x0e\n\x06origin\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12\x11\n\ttruncated\x18\x0f \x01(\x08\x12\x14\n\x0csubscription\x18\x10 \x01(\t\".\n\rCommitRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x1d\n\x0e\x43ommitResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"V\n\x10GetObjectRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x02 \x01(\t\x12\x10\n\x08party_id\x18\x03 \x01(\t\x12\n\n\x02id\x18\x04 \x01(\t\"\xa0\x01\n\x06Object\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x02 \x01(\t\x12\x10\n\x08party_id\x18\x03 \x01(\t\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0e\n\x06object\x18\x05 \x01(\x0c\x12\x30\n\x0clast_updated\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x07 \x01(\x04\"Y\n\x12ListObjectsRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x0c\n\x04\x63pos\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x13ListObjectsResponse\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.ocpi_relay.v1.Object\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xaf\x02\n\x05Relay\x12\x44\n\tSubscribe\x12\x1f.ocpi_relay.v1.SubscribeRequest\x1a\x14.ocpi_relay.v1.Event0\x01\x12\x45\n\x06\x43ommit\x12\x1c.ocpi_relay.v1.CommitRequest\x1a\x1d.ocpi_relay.v1.CommitResponse\x12\x43\n\tGetObject\x12\x1f.ocpi_relay.v1.GetObjectRequest\x1a\x15.ocpi_relay.v1.Object\x12T\n\x0bListObjects\x12!.ocpi_relay.v1.ListObjectsRequest\x1a\".ocpi_relay.v1.ListObjectsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ocpi_relay.v1.relay_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIBEREQUEST']._serialized_start=78
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=280
-  _globals['_EVENT']._serialized_start=283
-  _globals['_EVENT']._serialized_end=618
-  _globals['_COMMITREQUEST']._serialized_start=620
-  _globals['_COMMITREQUEST']._serialized_end=666
-  _globals['_COMMITRESPONSE']._serialized_start=668
-  _globals['_COMMITRESPONSE']._serialized_end=697
-  _globals['_GETOBJECTREQUEST']._serialized_start=699
-  _globals['_GETOBJECTREQUEST']._serialized_end=785
-  _globals['_OBJECT']._serialized_start=788
-  _globals['_OBJECT']._serialized_end=948
-  _globals['_LISTOBJECTSREQUEST']._serialized_start=950
-  _globals['_LISTOBJECTSREQUEST']._serialized_end=1039
-  _globals['_LISTOBJECTSRESPONSE']._serialized_start=1041
-  _globals['_LISTOBJECTSRESPONSE']._serialized_end=1127
-  _globals['_RELAY']._serialized_start=1130
-  _globals['_RELAY']._serialized_end=1433
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=303
+  _globals['_EVENT']._serialized_start=306
+  _globals['_EVENT']._serialized_end=663
+  _globals['_COMMITREQUEST']._serialized_start=665
+  _globals['_COMMITREQUEST']._serialized_end=711
+  _globals['_COMMITRESPONSE']._serialized_start=713
+  _globals['_COMMITRESPONSE']._serialized_end=742
+  _globals['_GETOBJECTREQUEST']._serialized_start=744
+  _globals['_GETOBJECTREQUEST']._serialized_end=830
+  _globals['_OBJECT']._serialized_start=833
+  _globals['_OBJECT']._serialized_end=993
+  _globals['_LISTOBJECTSREQUEST']._serialized_start=995
+  _globals['_LISTOBJECTSREQUEST']._serialized_end=1084
+  _globals['_LISTOBJECTSRESPONSE']._serialized_start=1086
+  _globals['_LISTOBJECTSRESPONSE']._serialized_end=1172
+  _globals['_RELAY']._serialized_start=1175
+  _globals['_RELAY']._serialized_end=1478
 # @@protoc_insertion_point(module_scope)

@@ -10,10 +10,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("modules", "cpos", "object_ids", "after_seq", "since", "earliest", "latest", "consumer")
+    __slots__ = ("modules", "cpos", "object_ids", "subscriptions", "after_seq", "since", "earliest", "latest", "consumer")
     MODULES_FIELD_NUMBER: _ClassVar[int]
     CPOS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     EARLIEST_FIELD_NUMBER: _ClassVar[int]
@@ -22,15 +23,16 @@ class SubscribeRequest(_message.Message):
     modules: _containers.RepeatedScalarFieldContainer[str]
     cpos: _containers.RepeatedScalarFieldContainer[str]
     object_ids: _containers.RepeatedScalarFieldContainer[str]
+    subscriptions: _containers.RepeatedScalarFieldContainer[str]
     after_seq: int
     since: _timestamp_pb2.Timestamp
     earliest: bool
     latest: bool
     consumer: str
-    def __init__(self, modules: _Optional[_Iterable[str]] = ..., cpos: _Optional[_Iterable[str]] = ..., object_ids: _Optional[_Iterable[str]] = ..., after_seq: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., earliest: _Optional[bool] = ..., latest: _Optional[bool] = ..., consumer: _Optional[str] = ...) -> None: ...
+    def __init__(self, modules: _Optional[_Iterable[str]] = ..., cpos: _Optional[_Iterable[str]] = ..., object_ids: _Optional[_Iterable[str]] = ..., subscriptions: _Optional[_Iterable[str]] = ..., after_seq: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., earliest: _Optional[bool] = ..., latest: _Optional[bool] = ..., consumer: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("seq", "module", "action", "country_code", "party_id", "object_id", "evse_uid", "connector_id", "last_updated", "received_at", "body", "object", "origin", "request_id", "truncated")
+    __slots__ = ("seq", "module", "action", "country_code", "party_id", "object_id", "evse_uid", "connector_id", "last_updated", "received_at", "body", "object", "origin", "request_id", "truncated", "subscription")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +48,7 @@ class Event(_message.Message):
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     module: str
     action: str
@@ -61,7 +64,8 @@ class Event(_message.Message):
     origin: str
     request_id: str
     truncated: bool
-    def __init__(self, seq: _Optional[int] = ..., module: _Optional[str] = ..., action: _Optional[str] = ..., country_code: _Optional[str] = ..., party_id: _Optional[str] = ..., object_id: _Optional[str] = ..., evse_uid: _Optional[str] = ..., connector_id: _Optional[str] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., body: _Optional[bytes] = ..., object: _Optional[bytes] = ..., origin: _Optional[str] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    subscription: str
+    def __init__(self, seq: _Optional[int] = ..., module: _Optional[str] = ..., action: _Optional[str] = ..., country_code: _Optional[str] = ..., party_id: _Optional[str] = ..., object_id: _Optional[str] = ..., evse_uid: _Optional[str] = ..., connector_id: _Optional[str] = ..., last_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., body: _Optional[bytes] = ..., object: _Optional[bytes] = ..., origin: _Optional[str] = ..., request_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., subscription: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("consumer", "seq")
