@@ -46,8 +46,8 @@ class HeldSink:
     release: asyncio.Event
 
     @property
-    def port(self) -> int:
-        return self.sink.port
+    def url(self) -> str:
+        return self.sink.url
 
     @property
     def waiting(self) -> int:
