@@ -275,8 +275,6 @@ def main() -> int:
     p.add_argument("--loop", choices=["default", "asyncio", "uvloop"], default="default")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per py-spy recording")
     p.add_argument("--rule", action="store_true", help="add a webhook rule (an outbox row per push)")
-    p.add_argument("--instant-store", action="store_true",
-                   help="diagnostic: the store answers at once without writing (relay_wrapper.py --instant-store)")
     p.add_argument("--rate", type=float, help="pace the load at this many pushes/s (default: as fast as it goes)")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--out", help="directory for raw profiles (default bench/results/profile-<time>)")
@@ -302,8 +300,7 @@ def main() -> int:
             targets = [TargetSpec("partner", "http://127.0.0.1:9/hook")] if args.rule else []
             cfg = relay_config(workdir / "profile.yaml", targets, stream=True)
             relay = bench.start_relay("relay", relay_env(db.url, cfg), "--no-grpc", "--no-workers",
-                                      loop=None if args.loop == "default" else args.loop, instrument=timings,
-                                      wrapper_flags=("--instant-store",) if args.instant_store else ())
+                                      loop=None if args.loop == "default" else args.loop, instrument=timings)
         port = relay.port("http_listening", 180)
         bench.progress.step("warm-up")
         bench.load(port, "pw-", 2.0)
@@ -340,8 +337,7 @@ def main() -> int:
         bench.stop(relay)
         what = "bare app (ceiling)"
         if args.target == "relay":
-            what = (f"relay on {args.db}, rule {'on' if args.rule else 'off'}"
-                    f"{', INSTANT STORE' if args.instant_store else ''}")
+            what = f"relay on {args.db}, rule {'on' if args.rule else 'off'}"
         report.append(f"{what}, loop {runtime['loop']}, http {runtime['http']}; load {load.get('generator', loadgen)}: "
                       f"{load['ok']:,} answers at {load['rate']:,.0f}/s, p50 {load['p50_ms']:.1f} ms, "
                       f"p99 {load['p99_ms']:.1f} ms; server process CPU {100 * cpu_share:.0f} % of one core")

@@ -16,9 +16,8 @@ to resume after the thread finished (``hop_out``): both are time spent waiting f
 loop; the time before COMMIT (lock, max(seq), state reads, planning, executemany) with its thread CPU
 time, and the rest of the transaction (BEGIN IMMEDIATE and COMMIT, i.e. the WAL fsync).
 
-Diagnostic (never a benchmark figure): ``--instant-store`` makes the store answer every push at once
-as applied without writing anything (the receiver's cost with a free store and no writer thread); it
-replaces the public ``submit`` of the SQL store class.
+The receiver's cost without any store is measured by ``bench/asgi_cost.py`` (an app built with a
+store that answers at once, through ``create_app``), not by replacing parts of a running relay.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 
 def instrument(path: Path) -> None:
@@ -52,25 +50,10 @@ def instrument(path: Path) -> None:
     atexit.register(dump)
 
 
-def instant_store() -> None:
-    from relay.ingest import Outcome
-    from relay.store import sql
-    from relay.store.base import Plan
-
-    plan = Plan(result=Outcome(200, 1000, "Success", "applied"))
-    plan.seq = 1
-
-    async def submit(self: Any, op: Any) -> Any:
-        return plan
-
-    sql.SqlStore.submit = submit  # type: ignore[method-assign]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loop", choices=["asyncio", "uvloop"])
     parser.add_argument("--instrument", help="write per-batch group-commit timings here at exit")
-    parser.add_argument("--instant-store", action="store_true", help="diagnostic: answer pushes without storing")
     args, rest = parser.parse_known_args()
     if args.loop == "uvloop":
         import uvloop
@@ -82,8 +65,6 @@ def main() -> None:
         os.environ["RELAY_EVENT_LOOP"] = args.loop
     if args.instrument:
         instrument(Path(args.instrument))
-    if args.instant_store:
-        instant_store()
     from relay.cli import main as relay_main
 
     sys.argv = ["relay", *rest]
