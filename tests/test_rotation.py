@@ -19,7 +19,8 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.settings import Settings
 from tests.conftest import RelayHandle, eventually, example, spawn_relay, start_relay, stop_relay
-from tests.deliver.conftest import HOOK_SECRET, RESEARCH_SECRET, PartnerSink
+from tests.deliver.conftest import HOOK_SECRET, RESEARCH_SECRET
+from tests.servers import PartnerSink
 
 OLD, NEW, NEWER = "rotation-old-token-1a2b", "rotation-new-token-3c4d", "rotation-newer-token-5e6f"
 
@@ -152,9 +153,9 @@ async def test_secret_file_change_is_picked_up_by_sighup(database_url: str, tmp_
 
 async def test_webhook_with_two_secrets_is_signed_with_both(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str],
+    partner_sink: PartnerSink,
 ) -> None:
-    sink = PartnerSink()
-    await sink.start()
+    sink = partner_sink
     monkeypatch.setenv("TEST_HOOK_OLD", HOOK_SECRET)
     (tmp_path / "hook_new").write_text(RESEARCH_SECRET + "\n")
     config = tmp_path / "forwarding.yaml"
@@ -189,4 +190,3 @@ async def test_webhook_with_two_secrets_is_signed_with_both(
             assert payload["data"]["id"] == body["id"]
     finally:
         await stop_relay(relay)
-        await sink.stop()
