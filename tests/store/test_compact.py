@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,16 +43,6 @@ CASES: list[tuple[str, str, str | None]] = [
     ("empty-body", "", FULL_COMPACT.decode()),
 ]
 
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    s = open_store(database_url)
-    await s.migrate()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 class PutOp:

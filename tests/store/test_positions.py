@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from relay.store import Store, open_store
+from relay.store import Store
 from relay.store.base import NewRejected, Plan, StateKey, StateWrite, StoredState
 
 T0 = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
 
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    s = open_store(database_url)
-    await s.migrate()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @dataclass

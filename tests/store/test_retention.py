@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import text
 
 from relay.store import SqlStore, open_store
@@ -17,16 +16,6 @@ NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=40)
 CUTOFF = NOW - timedelta(days=30)
 
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    s = open_store(database_url)
-    await s.migrate()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 class Op:

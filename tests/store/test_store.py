@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,17 +12,6 @@ import pytest
 
 from relay.store import SqlStore, open_store
 from relay.store.base import NewDelivery, NewEvent, NewRejected, Plan, StateKey, StateWrite, StoredState
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    s = open_store(database_url)
-    await s.migrate()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _event(object_id: str, body: str = "{}") -> NewEvent:
