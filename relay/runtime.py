@@ -141,6 +141,9 @@ async def _serve_uvicorn(name: str, app: Any, settings: Settings, host: str, por
                             # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS);
                             # the receiver decides by RELAY_TRUSTED_PROXIES instead
                             proxy_headers=False)
+    # config.load() imports the protocol and wraps the app (~0.1 s): off the event loop, so the other
+    # parts (and, in tests, other servers) are not held up; serve() skips it once loaded
+    await asyncio.to_thread(config.load)
     server = _Server(config)
     sock = bind(host, port)
     info.ports[name] = sock.getsockname()[1]
