@@ -114,3 +114,22 @@ async def patch_session(relay: RelayHandle, i: int, kwh: float, session_id: str 
     ts = (datetime(2024, 3, 5, 8, 15, tzinfo=UTC) + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
     ans = await relay.patch(session_path(session_id), {"kwh": kwh, "last_updated": ts})
     assert ans.body.get("status_code") == 1000, ans.body
+
+
+# One webhook target taking one request at a time, for every session event (order tests).
+ONE_AT_A_TIME = """
+targets:
+  - name: hook
+    type: webhook
+    url: $sink/hook
+    secret_env: TEST_HOOK_SECRET
+    timeout: 5
+    concurrency: 1
+    max_attempts: 30
+    retry_base: 0.05
+    retry_max: 0.4
+rules:
+  - name: everything
+    match: {modules: [sessions]}
+    to: [hook]
+"""

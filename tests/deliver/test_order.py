@@ -20,25 +20,8 @@ import pytest
 
 from relay.settings import Settings
 from tests.conftest import SESSION_ID, eventually, start_relay, stop_relay
-from tests.deliver.conftest import patch_session, put_session
+from tests.deliver.conftest import ONE_AT_A_TIME, patch_session, put_session
 from tests.servers import PartnerSink, Received, Reply
-
-ONE_AT_A_TIME = """
-targets:
-  - name: hook
-    type: webhook
-    url: $sink/hook
-    secret_env: TEST_HOOK_SECRET
-    timeout: 5
-    concurrency: 1
-    max_attempts: 30
-    retry_base: 0.05
-    retry_max: 0.4
-rules:
-  - name: everything
-    match: {modules: [sessions]}
-    to: [hook]
-"""
 
 # The relay once gave an outcome write 3 tries, then sent the object's next row anyway.
 PAST_GIVING_UP = 4

@@ -14,26 +14,8 @@ import pytest
 
 from relay.deliver.slots import SendSlots
 from tests.conftest import SESSION_ID, RelayHandle, eventually
-from tests.deliver.conftest import put_session
+from tests.deliver.conftest import ONE_AT_A_TIME, put_session
 from tests.servers import PartnerSink, Received, Reply
-
-ONE_AT_A_TIME = """
-targets:
-  - name: hook
-    type: webhook
-    url: $sink/hook
-    secret_env: TEST_HOOK_SECRET
-    timeout: 5
-    concurrency: 1
-    max_attempts: 30
-    retry_base: 0.05
-    retry_max: 0.4
-rules:
-  - name: everything
-    match: {modules: [sessions]}
-    to: [hook]
-"""
-
 
 # -- SendSlots ---------------------------------------------------------------------------------------
 
