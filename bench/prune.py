@@ -3,10 +3,11 @@
     .venv/bin/python bench/prune.py [--events N] [--rate R] [--seconds S] [--db sqlite|postgres]
     .venv/bin/python bench/prune.py --simulate [--per-day K]
 
-Part 1 fills the log with N old events (1.5 KB bodies, written with raw SQL for speed; 10 events per
-object, so 9 of 10 are prunable), then submits pushes through the store's group commit at R per second
-for S seconds, once alone and once while a prune removes the old events in the same process (as the
-`RELAY_RETENTION` part does), and prints p50/p99 of the group commit's answer time for both.
+Part 1 fills the log with N old events (1.5 KB bodies, 10 events per object, so 9 of 10 are
+prunable), then submits pushes through the store's group commit at R per second
+for S seconds alone, then for as long as a prune of the old events runs in the same process (as the
+`RELAY_RETENTION` part does), and prints p50/p99 of the group commit's answer time for both. Only
+the store's public interface is used: the old events go through ``Store.submit`` stamped 40 days ago.
 
 Part 2 (``--simulate``) stamps K pushes a day over 30 simulated days and prunes with a 7-day window after
 each day, printing the database size (SQLite pages in use, after the prune gave pages back): it should
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import sys
@@ -25,11 +27,12 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.store import SqlStore, open_store  # noqa: E402
-from relay.store.base import NewEvent, Plan, StateKey, StateWrite, StoredState  # noqa: E402
+from relay.store import open_store  # noqa: E402
+from relay.store.base import PRUNE_CHUNK, NewEvent, Plan, StateKey, StateWrite, Store, StoredState  # noqa: E402
 
 BODY = "{" + '"x": "' + "y" * 1500 + '"}'
 
@@ -50,50 +53,59 @@ class PushOp:
         return Plan(event=ev, states=[StateWrite(k, {"id": k.object_id}, "h", self.at, text=BODY)])
 
 
-async def fill(store: SqlStore, n: int, at: datetime) -> None:
-    """N old events, 10 per object, written in big transactions below the group commit (bench only)."""
-    t = store._bind_time(at)
-    rows = []
-    async with store.write_engine.begin() as conn:
-        first = int((await conn.exec_driver_sql("SELECT coalesce(max(seq), 0) FROM event")).scalar_one())
-    for i in range(n):
-        seq = first + i + 1
-        rows.append({"seq": seq, "module": "locations", "action": "put", "country_code": "NL", "party_id": "GFX",
-                     "object_id": f"old-{i % (n // 10 or 1)}", "last_updated": t, "received_at": t,
-                     "origin": "push", "status": "applied", "body": BODY, "body_hash": "h", "object": BODY})
-        if len(rows) == 20_000 or i == n - 1:
-            from sqlalchemy import text
-
-            async with store.write_engine.begin() as conn:
-                await conn.execute(text(
-                    "INSERT INTO event (seq, module, action, country_code, party_id, object_id, last_updated, "
-                    "received_at, origin, status, body, body_hash, object) VALUES (:seq, :module, :action, "
-                    ":country_code, :party_id, :object_id, :last_updated, :received_at, :origin, :status, :body, "
-                    ":body_hash, :object)"), rows)
-            rows = []
-            sys.stderr.write(f"\rfilled {i + 1}/{n}")
+async def fill(store: Store, n: int, at: datetime) -> None:
+    """N old events, 10 per object (N/10 objects), through the store's group commit like any push."""
+    objects = max(1, n // 10)
+    done, batch, t0 = 0, 2048, time.perf_counter()
+    while done < n:
+        size = min(batch, n - done)
+        await asyncio.gather(*(store.submit(PushOp(f"old-{(done + j) % objects}", at)) for j in range(size)))
+        done += size
+        sys.stderr.write(f"\rfilled {done:,}/{n:,} ({done / (time.perf_counter() - t0):,.0f}/s)")
     sys.stderr.write("\n")
-    store._note_seq(first + n)
 
 
-async def paced(store: SqlStore, rate: float, seconds: float, tag: str) -> list[float]:
+async def paced(store: Store, rate: float, seconds: float, tag: str,
+                until: asyncio.Task[Any] | None = None) -> list[float]:
+    """Submit pushes at ``rate`` per second for ``seconds`` (or, with ``until``, for as long as that
+    task runs) and return each one's answer time in ms."""
     lat: list[float] = []
     now = datetime.now(UTC)
 
     async def one(i: int) -> None:
         t0 = time.perf_counter()
-        await store.submit(PushOp(f"{tag}-{i}", now))
+        await store.submit(PushOp(f"{tag}-{i % 5000}", now))
         lat.append((time.perf_counter() - t0) * 1000)
 
     tasks = []
     start = time.perf_counter()
-    for i in range(int(rate * seconds)):
+    i = 0
+    while (until is None and i < rate * seconds) or (until is not None and not until.done()):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
+        i += 1
     await asyncio.gather(*tasks)
     return lat
+
+
+class Truncations(logging.Handler):
+    """Counts the WAL bound's truncating checkpoints (log event ``sqlite_wal_truncated``) and their
+    pauses of every writer: beside a prune they, not the prune's own transactions, can set the p99."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.pauses: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "sqlite_wal_truncated":
+            self.pauses.append(float(getattr(record, "pause_ms", 0.0)))
+
+    def take(self) -> str:
+        pauses, self.pauses = self.pauses, []
+        return f"{len(pauses)} WAL truncations" + (f" (pauses max {max(pauses):.0f} ms, total {sum(pauses):.0f} ms)"
+                                                   if pauses else "")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -104,22 +116,45 @@ async def latency(url: str, events: int, rate: float, seconds: float, chunk: int
     store = open_store(url)
     await store.migrate()
     await store.start()
+    chunks: list[float] = []
+    last = [time.perf_counter()]
+
+    def progress(table: str, removed: int) -> None:
+        now = time.perf_counter()
+        chunks.append((now - last[0]) * 1000)
+        last[0] = now
+        if table == "event":
+            sys.stderr.write(f"\rpruned {removed:,} events")
+
+    truncations = Truncations()
+    store_log = logging.getLogger("relay.store")
+    store_log.addHandler(truncations)
+    store_log.setLevel(logging.INFO)
+    store_log.propagate = False
     try:
         await fill(store, events, datetime.now(UTC) - timedelta(days=40))
+        await asyncio.sleep(5)  # let the checkpoints catch up with the fill
+        truncations.take()
         alone = await paced(store, rate, seconds, "alone")
-        t0 = time.perf_counter()
-        prune = asyncio.create_task(store.prune(datetime.now(UTC) - timedelta(days=30), chunk=chunk))
-        beside = await paced(store, rate, seconds, "beside")
+        alone_truncations = truncations.take()
+        t0 = last[0] = time.perf_counter()
+        prune = asyncio.create_task(store.prune(datetime.now(UTC) - timedelta(days=30), chunk=chunk,
+                                                progress=progress))
+        beside = await paced(store, rate, seconds, "beside", until=prune)
         report = await prune
         took = time.perf_counter() - t0
+        beside_truncations = truncations.take()
+        sys.stderr.write("\n")
     finally:
         await store.close()
-    print(f"{store.dialect}: {events} old events; ingest {rate:g}/s for {seconds:g} s; chunk {chunk}")
-    print(f"  alone:        p50 {pct(alone, 50):.1f} ms  p99 {pct(alone, 99):.1f} ms")
-    print(f"  beside prune: p50 {pct(beside, 50):.1f} ms  p99 {pct(beside, 99):.1f} ms  "
-          f"(p99 ratio {pct(beside, 99) / pct(alone, 99):.2f}x)")
-    print(f"  prune removed {report.events} events in {took:.1f} s ({report.events / took:,.0f}/s while ingesting), "
-          f"pages freed {report.pages_freed}")
+    print(f"{store.dialect}: {events:,} old events; ingest {rate:g}/s; chunk {chunk}", flush=True)
+    print(f"  alone ({len(alone):,} pushes):        p50 {pct(alone, 50):.1f} ms  p99 {pct(alone, 99):.1f} ms; {alone_truncations}")
+    print(f"  beside prune ({len(beside):,} pushes): p50 {pct(beside, 50):.1f} ms  p99 {pct(beside, 99):.1f} ms  "
+          f"(p99 ratio {pct(beside, 99) / pct(alone, 99):.2f}x); {beside_truncations}")
+    print(f"  prune removed {report.events:,} events, {report.deliveries:,} deliveries in {took:.1f} s "
+          f"({report.events / took:,.0f}/s while ingesting); {len(chunks):,} steps, step p50 "
+          f"{pct(chunks, 50):.1f} ms p99 {pct(chunks, 99):.1f} ms (work and pause); pages freed {report.pages_freed:,}",
+          flush=True)
 
 
 async def simulate(per_day: int, objects: int) -> None:
@@ -139,9 +174,7 @@ async def simulate(per_day: int, objects: int) -> None:
                                            for j in range(min(256, per_day - i))))
                 await store.prune(base + timedelta(days=1) - timedelta(days=7))
                 stats = await store.stats()
-                size = await store._read(lambda c: int(c.exec_driver_sql("PRAGMA page_count").scalar_one())
-                                         * int(c.exec_driver_sql("PRAGMA page_size").scalar_one()))
-                print(f"{day + 1:>3}  {stats['events']:>11}  {size / 1e6:>11.1f}")
+                print(f"{day + 1:>3}  {stats['events']:>11}  {stats['database_bytes'] / 1e6:>11.1f}", flush=True)
         finally:
             await store.close()
 
@@ -153,7 +186,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--pg-url", default=os.environ.get("RELAY_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/relay_bench"))
-    ap.add_argument("--chunk", type=int, default=2000)
+    ap.add_argument("--chunk", type=int, default=PRUNE_CHUNK)
     ap.add_argument("--simulate", action="store_true")
     ap.add_argument("--per-day", type=int, default=5000)
     ap.add_argument("--objects", type=int, default=2000)

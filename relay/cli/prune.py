@@ -13,6 +13,7 @@ from relay.cli.options import add_common_options, settings_from_args
 from relay.cli.output import json_text, printable
 from relay.log import setup_logging
 from relay.settings import Settings, parse_duration
+from relay.store.base import PRUNE_CHUNK
 from relay.store.retention import publish
 
 
@@ -28,7 +29,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--older-than", required=True, metavar="DURATION", help="window to keep, e.g. 30d (s, m, h, d)")
     p.add_argument("--dry-run", action="store_true", help="count what would be removed, remove nothing")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--chunk", type=int, default=500, metavar="N", help="rows per transaction (default 500)")
+    p.add_argument("--chunk", type=int, default=PRUNE_CHUNK, metavar="N",
+                   help=f"rows per transaction (default {PRUNE_CHUNK})")
     p.set_defaults(func=prune_command)
 
 

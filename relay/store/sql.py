@@ -24,6 +24,7 @@ from relay import metrics
 from relay.errors import RowRefused, StoreError
 from relay.store import migrate, retention
 from relay.store.base import (
+    PRUNE_CHUNK,
     CommitTiming,
     EventFilter,
     EventRecord,
@@ -688,7 +689,7 @@ class SqlStore(Store):
         raise NotImplementedError
 
     # -- retention (relay.store.retention) -------------------------------------------------------
-    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = 500,
+    async def prune(self, cutoff: datetime, *, dry_run: bool = False, chunk: int = PRUNE_CHUNK,
                     progress: PruneProgress | None = None) -> PruneReport:
         return await retention.prune(self, cutoff, dry_run=dry_run, chunk=max(1, chunk), progress=progress)
 
