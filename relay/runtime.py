@@ -156,14 +156,32 @@ async def _serve_uvicorn(name: str, app: Any, settings: Settings, host: str, por
     await task
 
 
-async def _watch_config(holder: ConfigHolder, stop: asyncio.Event, interval: float = 2.0) -> None:
-    """Reload forwarding.yaml when the file or a secret file it names (``*_file``) changes (SIGHUP
-    does the same at once). The stats run off the event loop: a secret may sit on a slow mount."""
+async def _watch_config(holder: ConfigHolder, info: RunInfo, hangup: asyncio.Event, stop: asyncio.Event,
+                        interval: float = 2.0) -> None:
+    """Reload forwarding.yaml when the file or a secret file it names (``*_file``) changes, and at
+    once on SIGHUP (``hangup``), which also reloads the certificates. The files are stat'ed and read
+    off the event loop: a secret may sit on a slow mount."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
-        if not stop.is_set() and await asyncio.to_thread(holder.changed_on_disk):
-            holder.reload()
+            await asyncio.wait_for(_first(stop, hangup), interval)
+        if stop.is_set():
+            return
+        if hangup.is_set():
+            hangup.clear()
+            await holder.reload_async()
+            info.reload_tls()
+        elif await asyncio.to_thread(holder.changed_on_disk):
+            await holder.reload_async()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return when any of ``events`` is set."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
@@ -176,16 +194,19 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
     if plaintext and not settings.allow_plaintext:
         raise ConfigError([f"{listener}: a non-loopback listener without TLS; set its TLS certificate and key, "
                            "bind 127.0.0.1, or set RELAY_ALLOW_PLAINTEXT=true" for listener in plaintext])
-    holder = ConfigHolder(settings.config)
+    # Start-up's file and library work (the YAML and its secret files, certificates, the engines)
+    # runs on worker threads: other tasks of the loop (in tests, other servers) go on meanwhile.
+    holder = await asyncio.to_thread(ConfigHolder, settings.config)
     info = info or RunInfo()
-    tls = http_tls(settings, info)  # unusable certificate files stop the start here, before the store opens
-    grpc_tls = ServerTls(settings) if settings.grpc and settings.grpc_tls_cert else None
+    # unusable certificate files stop the start here, before the store opens
+    tls = await asyncio.to_thread(http_tls, settings, info)
+    grpc_tls = await asyncio.to_thread(ServerTls, settings) if settings.grpc and settings.grpc_tls_cert else None
     if grpc_tls is not None:
         info.tls_reloads.append(grpc_tls.reload)
-    store = open_store(settings.database_url, batch_max=settings.batch_max, pool_size=settings.db_pool_size,
-                       timeout=settings.db_timeout, queue_max_bytes=settings.write_queue_max_bytes,
-                       queue_timeout=settings.write_queue_timeout,
-                       sqlite_wal_max_bytes=settings.sqlite_wal_max_bytes)
+    store = await asyncio.to_thread(
+        open_store, settings.database_url, batch_max=settings.batch_max, pool_size=settings.db_pool_size,
+        timeout=settings.db_timeout, queue_max_bytes=settings.write_queue_max_bytes,
+        queue_timeout=settings.write_queue_timeout, sqlite_wal_max_bytes=settings.sqlite_wal_max_bytes)
     if settings.migrate:
         await store.migrate()
     await store.start()
@@ -195,15 +216,12 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
         logger.warning("plaintext_listener", extra={"listener": listener, "hint": "reachable beyond this host "
                        "without TLS: set its TLS certificate and key, or keep it behind a TLS proxy"})
 
-    def hangup() -> None:  # SIGHUP: forwarding.yaml and the certificates, both re-read
-        holder.reload()
-        info.reload_tls()
-
+    hangup = asyncio.Event()  # SIGHUP: forwarding.yaml and the certificates, both re-read (_watch_config)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, hangup)
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
     parts: list[Part] = []
     if settings.http:
         parts.append(http_part(settings, store, holder, info, tls))
@@ -215,7 +233,7 @@ async def run(settings: Settings, *, extra_parts: list[Part] | None = None,
                                          "parts": len(parts)})
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(_watch_config(holder, stop))
+            tg.create_task(_watch_config(holder, info, hangup, stop))
             for part in parts:
                 tg.create_task(part(stop))
             tg.create_task(_announce_ready(info))
@@ -277,14 +295,14 @@ async def monitor(settings: Settings, store: Store, holder: ConfigHolder, stop: 
     consumers: set[str] = set()
     seeded: set[tuple[str, str]] = set()
     while not stop.is_set():
-        for sub in holder().subscriptions:
-            for module in sorted(sub.modules):
-                if (sub.name, module) not in seeded:
-                    seeded.add((sub.name, module))
-                    pushed = metrics.REGISTRY.get_sample_value(
-                        "relay_last_push_timestamp_seconds", {"subscription": sub.name, "module": module})
-                    if pushed is None:  # no push yet: silence counts from now
-                        metrics.labelled(metrics.LAST_PUSH, sub.name, module).set(time.time())
+        unseeded = {(sub.name, module) for sub in holder().subscriptions for module in sub.modules} - seeded
+        if unseeded:
+            # the gauge's own samples (REGISTRY.get_sample_value would collect every metric, per pair)
+            pushed = {(s.labels["subscription"], s.labels["module"])
+                      for family in metrics.LAST_PUSH.collect() for s in family.samples}
+            for name, module in sorted(unseeded - pushed):  # no push yet: silence counts from now
+                metrics.labelled(metrics.LAST_PUSH, name, module).set(time.time())
+            seeded |= unseeded
         now = datetime.now(UTC)
         try:
             seen = await store.monitoring(sessions_before=now - timedelta(seconds=settings.session_silence),

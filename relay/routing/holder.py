@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -13,6 +14,7 @@ from relay.routing.loader import load_config
 from relay.routing.model import RoutingConfig
 
 logger = logging.getLogger(__name__)
+Stamps = tuple[tuple[int, int, int] | None, ...]  # (mtime_ns, size, inode) of each secret file, None if missing
 
 
 def config_secrets(cfg: RoutingConfig) -> list[str]:
@@ -57,7 +59,7 @@ class ConfigHolder:
             return None
 
     @staticmethod
-    def _secret_stat(paths: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    def _secret_stat(paths: tuple[str, ...]) -> Stamps:
         # mtime, size and inode: Kubernetes replaces a mounted secret by swapping a symlink, which
         # may keep the mtime of a same-sized file but never its inode
         out: list[tuple[int, int, int] | None] = []
@@ -82,15 +84,27 @@ class ConfigHolder:
         """Load and validate the file and its secrets again (files and env); keep the old config if
         the new one is bad. The new config replaces the old in one assignment: a request in flight
         keeps the config it started with, the next one sees the new."""
-        self._mtime = self._stat()
+        return self._apply(*self._read())
+
+    async def reload_async(self) -> bool:
+        """``reload`` for the event loop: the files are stat'ed, read and parsed on a worker thread
+        (a secret may sit on a slow mount); the swap and the listeners run on the loop."""
+        return self._apply(*await asyncio.to_thread(self._read))
+
+    def _read(self) -> tuple[float | None, RoutingConfig | ConfigError, Stamps]:
+        mtime = self._stat()
         try:
             new = load_config(self.path, self._env)
         except ConfigError as err:
-            logger.error("config reload refused, keeping the previous config", extra={"problems": err.problems})
             # a missing secret file would otherwise be retried by the watcher every interval
-            self._secret_stamps = self._secret_stat(self.current.secret_files)
+            return mtime, err, self._secret_stat(self.current.secret_files)
+        return mtime, new, self._secret_stat(new.secret_files)
+
+    def _apply(self, mtime: float | None, new: RoutingConfig | ConfigError, stamps: Stamps) -> bool:
+        self._mtime, self._secret_stamps = mtime, stamps
+        if isinstance(new, ConfigError):
+            logger.error("config reload refused, keeping the previous config", extra={"problems": new.problems})
             return False
-        self._secret_stamps = self._secret_stat(new.secret_files)
         self.current = new
         secret_filter.set_secrets(config_secrets(new))
         for fn in self._listeners:

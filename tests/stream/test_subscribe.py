@@ -307,17 +307,21 @@ async def test_catch_up_to_live_under_concurrent_pushes_has_no_gap_and_no_duplic
     history = [str(uuid.uuid4()) for _ in range(300)]
     live = [str(uuid.uuid4()) for _ in range(700)]
     acknowledged: list[str] = []
-    sem = asyncio.Semaphore(24)
 
-    async def push(object_id: str) -> None:
-        async with sem:
-            await put_location(relay, location(object_id))
-            acknowledged.append(object_id)
+    async def push_all(ids: list[str]) -> None:
+        todo = iter(ids)
 
-    await asyncio.gather(*(push(i) for i in history))
+        async def client() -> None:  # 24 concurrent clients
+            for object_id in todo:
+                await put_location(relay, location(object_id))
+                acknowledged.append(object_id)
+
+        await asyncio.gather(*(client() for _ in range(24)))
+
+    await push_all(history)
     # Subscribers join at different moments while the live pushes run, so each crosses the seam
     # between reading history and waiting for commits while new events keep arriving.
-    pushes = asyncio.gather(*(push(i) for i in live))
+    pushes = asyncio.ensure_future(push_all(live))
     collectors = [Collector(await subscribe(stub, earliest=True))]
     for _ in range(3):
         await eventually(_more_than(acknowledged, len(acknowledged) + 100))
