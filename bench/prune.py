@@ -71,11 +71,15 @@ async def paced(store: Store, rate: float, seconds: float, tag: str,
     task runs) and return each one's answer time in ms."""
     lat: list[float] = []
     now = datetime.now(UTC)
+    slow.clear()
 
     async def one(i: int) -> None:
         t0 = time.perf_counter()
         await store.submit(PushOp(f"{tag}-{i % 5000}", now))
-        lat.append((time.perf_counter() - t0) * 1000)
+        took = (time.perf_counter() - t0) * 1000
+        lat.append(took)
+        if took >= SLOW_MS:
+            slow.append(t0 - start)
 
     tasks = []
     start = time.perf_counter()
@@ -108,6 +112,21 @@ class Truncations(logging.Handler):
                                                    if pauses else "")
 
 
+SLOW_MS = 50.0
+slow: list[float] = []  # when (s into the phase) each push slower than SLOW_MS was submitted
+
+
+def timeline(seconds: float) -> str:
+    """Pushes slower than SLOW_MS per tenth of the phase: spread out or bunched at one moment."""
+    if not slow:
+        return f"no push over {SLOW_MS:g} ms"
+    width = seconds / 10
+    counts = [0] * 10
+    for t in slow:
+        counts[min(9, int(t / width))] += 1
+    return f"pushes over {SLOW_MS:g} ms per tenth of the phase: {counts}"
+
+
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) > 1 else values[0]
 
@@ -137,6 +156,7 @@ async def latency(url: str, events: int, rate: float, seconds: float, chunk: int
         truncations.take()
         alone = await paced(store, rate, seconds, "alone")
         alone_truncations = truncations.take()
+        alone_slow = timeline(seconds)
         t0 = last[0] = time.perf_counter()
         prune = asyncio.create_task(store.prune(datetime.now(UTC) - timedelta(days=30), chunk=chunk,
                                                 progress=progress))
@@ -144,6 +164,7 @@ async def latency(url: str, events: int, rate: float, seconds: float, chunk: int
         report = await prune
         took = time.perf_counter() - t0
         beside_truncations = truncations.take()
+        beside_slow = timeline(took)
         sys.stderr.write("\n")
     finally:
         await store.close()
@@ -155,6 +176,7 @@ async def latency(url: str, events: int, rate: float, seconds: float, chunk: int
           f"({report.events / took:,.0f}/s while ingesting); {len(chunks):,} steps, step p50 "
           f"{pct(chunks, 50):.1f} ms p99 {pct(chunks, 99):.1f} ms (work and pause); pages freed {report.pages_freed:,}",
           flush=True)
+    print(f"  alone: {alone_slow}\n  beside: {beside_slow}", flush=True)
 
 
 async def simulate(per_day: int, objects: int) -> None:

@@ -91,8 +91,8 @@ HELP: dict[str, str] = {
     "retention": "remove what is older than this in the background, e.g. 30d (s, m, h, d); empty = keep all",
     "retention_interval": "seconds between background retention passes (with RELAY_RETENTION)",
     "rejected_max_per_subscription": "refusals kept per subscription at most; more are answered, counted, not kept",
-    "sqlite_wal_max_bytes": "SQLite: the -wal file's size limit; past half of it a checkpoint pauses writes briefly "
-                            "and truncates it",
+    "sqlite_wal_max_bytes": "SQLite: the -wal file's size limit; from an eighth of it a checkpoint pauses writes briefly "
+                            "and restarts or truncates it",
     "http_tls_cert": "PEM certificate chain: the receiver speaks HTTPS (re-read on SIGHUP)",
     "http_tls_key": "PEM private key of RELAY_HTTP_TLS_CERT",
     "grpc_tls_cert": "PEM certificate chain: the gRPC server speaks TLS (re-read on SIGHUP)",

@@ -13,11 +13,12 @@ every half second, which never blocks writers or readers.
 A passive checkpoint never restarts the WAL, though: SQLite starts writing the WAL from its beginning
 again only when a writer finds every frame copied and no reader in it, and under sustained load with
 subscribers and deliveries attached there always is one (measured: 11.9 GB after 8 minutes at 800
-pushes/s). So the same thread also watches the -wal file's size: past half of ``wal_max_bytes``
-(RELAY_SQLITE_WAL_MAX_BYTES) it copies what it can passively, then takes the process's ``WriteGate``
-(the group commit and the outbox writers wait) and runs ``wal_checkpoint(TRUNCATE)``, which waits
-for the readers in the WAL to finish (short queries) and truncates the file to zero bytes. The pause
-is logged (``sqlite_wal_truncated``, ``pause_ms``). ``journal_size_limit`` makes every connection
+pushes/s). So the same thread also watches the WAL: once it holds an eighth of ``wal_max_bytes``
+(RELAY_SQLITE_WAL_MAX_BYTES) it copies passively until little is left, then takes the process's
+``WriteGate`` (the group commit and the outbox writers wait) and runs ``wal_checkpoint(RESTART)``,
+which copies that tail and waits for the readers in the WAL to finish (short queries): the next
+commit writes the WAL from its start again. A file that grew past a quarter of the limit anyway is
+truncated the same way. The pause is logged (``sqlite_wal_truncated``, ``mode``, ``pause_ms``). ``journal_size_limit`` makes every connection
 shrink a WAL it restarts on its own.
 """
 
@@ -56,7 +57,9 @@ T = TypeVar("T")
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
 WAL_CHECK_EVERY = 0.05  # seconds between looks at the -wal file's size
 WAL_MAX_BYTES = 256 * 1024 * 1024  # default RELAY_SQLITE_WAL_MAX_BYTES
-TRUNCATE_AT = 0.125  # share of the limit at which the WAL is checkpointed and truncated (see _truncate_wal)
+RESTART_AT = 0.125  # share of the limit the WAL's content may reach before it is restarted (_bound_wal)
+TRUNCATE_AT = 0.25  # share of the limit the -wal file may reach before it is truncated (_bound_wal)
+CATCH_UP_UNTIL = 0.75  # share of the limit past which the passive rounds before a restart stop
 TRUNCATE_TAIL_FRAMES = 64  # uncopied WAL frames (1 MiB) left for the truncating checkpoint's pause
 TRUNCATE_CATCH_UP_ROUNDS = 10  # passive checkpoints at most before it (each copies what the last left)
 TRUNCATE_BUSY_MS = 500  # how long a truncating checkpoint waits for readers (writers paused meanwhile)
@@ -135,6 +138,8 @@ class SQLiteStore(SqlStore):
         self.wal_max_bytes = wal_max_bytes or WAL_MAX_BYTES
         self._wal_file = f"{self._db_file}-wal"
         self._last_passive = 0.0
+        self._wal_frames = 0  # frames in the WAL at the last checkpoint
+        self._page_size = 0
         self._truncate_after = 0.0  # monotonic time before which no truncation is tried (back-off)
         self._truncate_backoff = 0.0
         for engine in (self._batch_engine, self.engine.sync_engine, self.write_engine.sync_engine):
@@ -176,16 +181,23 @@ class SQLiteStore(SqlStore):
                 logger.warning("sqlite checkpoint failed", extra={"error": str(exc)[:200]})
 
     def _checkpoint_step(self) -> None:
-        """On the checkpoint thread: truncate a WAL grown past its share of the limit, else a passive
-        checkpoint every ``CHECKPOINT_EVERY`` seconds."""
-        try:
-            size = os.stat(self._wal_file).st_size
-        except FileNotFoundError:
-            size = 0
-        if size >= self.wal_max_bytes * TRUNCATE_AT and time.monotonic() >= self._truncate_after:
-            self._truncate_wal(size)
-        elif time.monotonic() - self._last_passive >= CHECKPOINT_EVERY:
+        """On the checkpoint thread: restart a WAL whose content passed ``RESTART_AT`` of the limit,
+        truncate one whose file passed ``TRUNCATE_AT`` of it, else a passive checkpoint every
+        ``CHECKPOINT_EVERY`` seconds."""
+        size = self._wal_size()
+        now = time.monotonic()
+        if now >= self._truncate_after and size >= self.wal_max_bytes * TRUNCATE_AT:
+            self._bound_wal("TRUNCATE", size)
+        elif now >= self._truncate_after and self._wal_frames * self._page_size >= self.wal_max_bytes * RESTART_AT:
+            self._bound_wal("RESTART", size)
+        elif now - self._last_passive >= CHECKPOINT_EVERY:
             self._checkpoint()  # (with nothing new in the WAL this returns at once)
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self._wal_file).st_size
+        except FileNotFoundError:
+            return 0
 
     def _connection(self) -> sqlite3.Connection:
         if self._checkpoint_conn is None:
@@ -196,33 +208,43 @@ class SQLiteStore(SqlStore):
 
     def _checkpoint(self) -> int:
         """A passive checkpoint; returns the frames it left uncopied (appended while it ran, or held
-        by a reader)."""
+        by a reader), and notes how many frames the WAL holds."""
         self._last_passive = time.monotonic()
-        _busy, frames, copied = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        conn = self._connection()
+        if not self._page_size:
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._wal_frames = max(0, int(frames))
         return max(0, int(frames) - int(copied))
 
-    def _truncate_wal(self, size: int) -> None:
-        """Copy the WAL into the database and truncate it, this process's writers paused meanwhile.
+    def _bound_wal(self, mode: str, size: int) -> None:
+        """Copy the WAL into the database and have it start again from its beginning (``RESTART``:
+        the file keeps its size and is written over) or cut to zero bytes (``TRUNCATE``), this
+        process's writers paused meanwhile.
+
+        RESTART is the usual way: the file's blocks stay allocated, so nothing is freed and allocated
+        again each time (on a file system mounted with ``discard``, freeing 32 MB costs a TRIM, and
+        truncating 128 MB took 23 ms on the test machine). TRUNCATE is for a file that grew past
+        ``TRUNCATE_AT`` anyway (a long reader kept the WAL from restarting).
 
         The copying is done by passive checkpoints first, without pausing anyone, again and again
         while writers keep appending (each round copies what came during the one before), until at
-        most ``TRUNCATE_TAIL_FRAMES`` are left: the pause then covers only that tail and the
-        truncation itself. Measured beside a prune: one passive round left ~30 MB for the pause,
-        which took 100-540 ms; now a few ms."""
+        most ``TRUNCATE_TAIL_FRAMES`` are left: the pause then covers only that tail. Measured beside
+        a prune: with one passive round ~30 MB were left for the pause, which took 100-540 ms."""
         conn = self._connection()
         for _ in range(TRUNCATE_CATCH_UP_ROUNDS):
-            if self._checkpoint() <= TRUNCATE_TAIL_FRAMES:
-                break
+            if self._checkpoint() <= TRUNCATE_TAIL_FRAMES or self._wal_size() >= self.wal_max_bytes * CATCH_UP_UNTIL:
+                break  # little left to copy, or writers outran the rounds: pause them now, before the limit
         asked = time.perf_counter()
         conn.execute(f"PRAGMA busy_timeout={TRUNCATE_BUSY_MS}")
         try:
             with self.write_gate.hold(urgent=True):
                 held = time.perf_counter()
-                busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                busy, frames, _copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
                 released = time.perf_counter()
         finally:
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-        extra = {"wal_bytes": size, "wait_ms": round((held - asked) * 1000, 1),
+        extra = {"mode": mode.lower(), "wal_bytes": size, "wait_ms": round((held - asked) * 1000, 1),
                  "pause_ms": round((released - held) * 1000, 1)}
         if busy:
             # A reader stayed longer than TRUNCATE_BUSY_MS (a backup or another process's long read):
@@ -233,6 +255,7 @@ class SQLiteStore(SqlStore):
                            extra={**extra, "frames": frames, "retry_in_s": self._truncate_backoff})
         else:
             self._truncate_backoff = 0.0
+            self._wal_frames = 0
             logger.info("sqlite_wal_truncated", extra=extra)
 
     # -- backup ----------------------------------------------------------------------------------
