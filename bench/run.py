@@ -31,8 +31,8 @@ What it measures (medians of 3 runs, 1 with ``--quick``; ceiling and relay runs 
 - memory: RSS of `relay serve` at the target rate (capped at 90 % of the measured one) for 60 s
   (20 s with --quick) with a subscriber reading one event per 10 ms.
 - soak (only when named in ``--sections``): paced pushes at 80 % of the maximum ingest rate (the
-  ingest section's, else a 5 s closed-loop run) for ``--soak-duration`` seconds (600) with a webhook
-  target and two subscribers: the SQLite -wal file's size and the RSS over time, ingest p99, and the
+  ingest section's, else a 10 s closed-loop run with the webhook target and subscribers attached) for
+  ``--soak-duration`` seconds (600) with a webhook target and two subscribers: the SQLite -wal file's size and the RSS over time, ingest p99, and the
   writers' pauses of the truncating checkpoints (relay.store.sqlite).
 
 It prints a progress line on stderr, then the table and the verdict of every target on stdout, and

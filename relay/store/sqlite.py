@@ -62,7 +62,7 @@ TRUNCATE_AT = 0.25  # share of the limit the -wal file may reach before it is tr
 CATCH_UP_UNTIL = 0.75  # share of the limit past which the passive rounds before a restart stop
 TRUNCATE_TAIL_FRAMES = 64  # uncopied WAL frames (1 MiB) left for the truncating checkpoint's pause
 TRUNCATE_CATCH_UP_ROUNDS = 10  # passive checkpoints at most before it (each copies what the last left)
-TRUNCATE_BUSY_MS = 500  # how long a truncating checkpoint waits for readers (writers paused meanwhile)
+TRUNCATE_BUSY_MS = 100  # how long a restarting or truncating checkpoint waits for readers (writers paused meanwhile)
 TRUNCATE_BACKOFF_MAX = 30.0  # seconds between tries while a long reader (a backup) keeps the WAL busy
 BACKUP_STEP_PAGES = 1024  # pages `Store.backup` copies per step (progress is reported after each)
 
