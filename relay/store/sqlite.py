@@ -18,8 +18,8 @@ pushes/s). So the same thread also watches the WAL: once it holds an eighth of `
 ``WriteGate`` (the group commit and the outbox writers wait) and runs ``wal_checkpoint(RESTART)``,
 which copies that tail and waits for the readers in the WAL to finish (short queries): the next
 commit writes the WAL from its start again. A file that grew past a quarter of the limit anyway is
-truncated the same way. The pause is logged (``sqlite_wal_truncated``, ``mode``, ``pause_ms``). ``journal_size_limit`` makes every connection
-shrink a WAL it restarts on its own.
+truncated the same way. The pause is logged (``sqlite_wal_truncated``, ``mode``, ``pause_ms``).
+``journal_size_limit`` makes every connection shrink a WAL it restarts on its own.
 """
 
 from __future__ import annotations
