@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Page size of SQLite databases created from now on (an existing file keeps its own: it is fixed once
-# the file is in WAL mode). Event rows of 1-4 KB fill 4 KB pages badly and spill the larger ones into
-# overflow pages; measured in README "Store".
-SQLITE_PAGE_SIZE = 16384
+# the file is in WAL mode). SQLite's default: since events are stored compressed (revision 0005) their
+# rows fit 4 KB pages as well as 16 KB ones (bench/store_size.py: 1,192 vs 1,188 B per event of the
+# 1.5 KB location), and every commit writes whole pages to the WAL, so 16 KB pages wrote ~2.7x the WAL
+# bytes per push and ~4x per pruned event (README "Store").
+SQLITE_PAGE_SIZE = 4096
 
 
 def alembic_config(async_url: str) -> Config:
