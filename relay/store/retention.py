@@ -4,7 +4,9 @@ What may go (see ``Store.prune``) is decided by one set of SQL conditions, used 
 candidates of a chunk (a read, outside any write lock) and again in the chunk's DELETE, so a row
 that became needed in between (a consumer created behind it, a dead delivery replayed) is kept.
 Each chunk is its own short write transaction through the store's maintenance writer (on SQLite
-behind the group commit at the write gate), so ingest waits at most for one chunk.
+behind the group commit at the write gate). On SQLite a chunk also gives way: every ``PREEMPT_ROWS``
+rows it looks whether the group commit waits for the lock and, if so, commits what it did and lets
+it go first, so a push waits for a few rows and one commit, never for a whole chunk.
 
 Nothing here touches ``state``; an object's latest event and the event its state points to stay,
 so the receiver's stale/identical decisions (made on ``state``) and GetObject never need a pruned
@@ -21,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_, select
 from sqlalchemy.engine import Connection
 
 from relay import metrics
@@ -36,23 +38,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 OPEN_STATES = ("pending", "in_flight", "dead")
+PREEMPT_ROWS = 10  # rows a chunk deletes between two looks at whether ingest waits for the lock
 DUTY = 0.1  # share of the time a pass spends in its write transactions; ingest keeps the rest
 
 
 async def pause_after(took: float) -> None:
     """Sleep so that a write step of ``took`` seconds is at most ``DUTY`` of the time. Every
     pruned event rewrites about one page of its object index (events of one object are far apart
-    in seq), so a pass writes ~16 KB of WAL per event, and the WAL bound's truncations follow it:
-    the pass is paced to keep that below what ingest notices. Measured (bench/prune.py, 300,000
-    old events, 500 pushes/s beside): 50 % of the time doubled the group commit's p99, 25 % gave
-    2.6x, 10 % 1.3x at ~2,300 events/s removed."""
+    in seq), so a pass writes about a page of WAL per event, and the WAL bound's restarts follow
+    it: the pass is paced to keep that below what ingest notices. Measured (bench/prune.py, 200,000
+    old events, 500 pushes/s beside, 4 KB pages, chunks that give way to ingest): 25 % of the time
+    gave 2.9x the group commit's p99 alone and 2.5x its p50, 10 % 1.1x and 1.0x."""
     await asyncio.sleep(took * (1 - DUTY) / DUTY)
 
 
-class WriteRunner(Protocol):
-    """Runs ``work`` in one write transaction of its own (see ``SqlStore._maintenance``)."""
+Waiting = Callable[[], bool]
+"""Whether ingest waits for the maintenance transaction that asks (SQLite's write gate; never on
+PostgreSQL, whose row locks let both go on)."""
 
-    def __call__(self, work: Callable[[Connection], T]) -> Awaitable[T]: ...
+
+class WriteRunner(Protocol):
+    """Runs ``work`` in one write transaction of its own (see ``SqlStore._maintenance``), passing
+    it the ``Waiting`` check: work that finds ingest waiting stops where it is, and its transaction
+    commits at once."""
+
+    def __call__(self, work: Callable[[Connection, Waiting], T]) -> Awaitable[T]: ...
 
 
 def event_prunable(cutoff: datetime) -> list[ColumnElement[bool]]:
@@ -125,18 +135,38 @@ async def _prune_table(store: SqlStore, run_write: WriteRunner, table: str, key:
         keys = await store._read(lambda conn, stmt=find: [r[0] for r in conn.execute(stmt)])  # type: ignore[misc]
         if not keys:
             return total
-        after = keys[-1]
         if dry_run:
             total += len(keys)
+            after = keys[-1]
         else:
-            stmt = delete(key.table).where(key.in_(keys), *conds)
             t0 = time.perf_counter()
-            total += await run_write(lambda conn, stmt=stmt: int(conn.execute(stmt).rowcount or 0))  # type: ignore[misc]
+            removed, done = await run_write(_deleter(key, conds, keys))
+            total += removed
+            after = keys[done - 1]
             await pause_after(time.perf_counter() - t0)
         if progress is not None:
-            progress(table, total)
-        if len(keys) < chunk:
-            return total
+            progress(table, total)  # after every transaction
+        if after == keys[-1] and len(keys) < chunk:
+            return total  # (a chunk cut short by ingest goes on where it stopped)
+
+
+def _deleter(key: Any, conds: Sequence[ColumnElement[bool]],
+             keys: list[Any]) -> Callable[[Connection, Waiting], tuple[int, int]]:
+    """Work for one chunk: delete ``keys`` ``PREEMPT_ROWS`` at a time (``conds`` checked again), and
+    stop as soon as ingest waits for the lock, so that a push waits for a few rows and a commit, not
+    for a whole chunk. Returns the rows removed and how many of ``keys`` were gone through."""
+    stmt = delete(key.table).where(key.in_(bindparam("keys", expanding=True)), *conds)
+
+    def work(conn: Connection, waiting: Waiting) -> tuple[int, int]:
+        removed = 0
+        for start in range(0, len(keys), PREEMPT_ROWS):
+            part = keys[start:start + PREEMPT_ROWS]
+            removed += int(conn.execute(stmt, {"keys": part}).rowcount or 0)
+            if waiting():
+                return removed, start + len(part)
+        return removed, len(keys)
+
+    return work
 
 
 def _held(conn: Connection, cutoff: datetime) -> tuple[int, dict[str, int], dict[str, int]]:

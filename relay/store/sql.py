@@ -45,7 +45,7 @@ from relay.store.tables import CONSUMER, DELIVERY, EVENT, PULL_POSITION, REJECTE
 from relay.store.writer import GroupCommitWriter
 
 if TYPE_CHECKING:
-    from relay.store.retention import WriteRunner
+    from relay.store.retention import Waiting, WriteRunner
 
 T = TypeVar("T")
 
@@ -151,6 +151,12 @@ class _BatchTicket:
                 return False
             self._state = "abandoned"
             return True
+
+
+def _never() -> bool:
+    """PostgreSQL's ``Waiting``: a maintenance transaction locks only the rows it deletes, and
+    ingest never waits for it."""
+    return False
 
 
 def now_utc() -> datetime:
@@ -721,10 +727,10 @@ class SqlStore(Store):
         """A runner of short write transactions for maintenance (retention) next to ingest; SQLite
         overrides it to queue behind the group commit at its write gate."""
 
-        async def run(work: Callable[[Connection], T]) -> T:
+        async def run(work: Callable[[Connection, Waiting], T]) -> T:
             with DB_WRITE:
                 async with self.write_engine.begin() as conn:
-                    return await conn.run_sync(work)
+                    return await conn.run_sync(work, _never)
 
         yield run
 

@@ -46,7 +46,7 @@ from relay.errors import StoreError
 from relay.store.base import BackupInfo, Operation, Plan
 from relay.store.migrate import SQLITE_PAGE_SIZE
 from relay.store.outbox import Outbox, OutcomeWrite
-from relay.store.retention import WriteRunner, pause_after
+from relay.store.retention import Waiting, WriteRunner, pause_after
 from relay.store.sql import DB_WRITE, SqlStore
 from relay.store.sql_outbox import OUTBOX_WRITE, Fenced, SqlOutbox
 
@@ -123,6 +123,11 @@ class WriteGate:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
+
+    def urgent_waiting(self) -> bool:
+        """Whether a group commit (or the WAL bound) waits for the holder: maintenance work asks
+        this between rows and commits at once (a read without the lock: a hint, checked often)."""
+        return self._urgent > 0
 
 
 class SQLiteStore(SqlStore):
@@ -359,10 +364,11 @@ class SQLiteStore(SqlStore):
         # a thread and connection of its own, behind the group commit at the write gate (as the
         # delivery workers' outbox writes): a prune chunk never makes a push wait on the busy handler
         thread = _OwnThread(self)
+        waiting = self.write_gate.urgent_waiting
 
-        async def run(work: Callable[[Connection], T]) -> T:
+        async def run(work: Callable[[Connection, Waiting], T]) -> T:
             with DB_WRITE:
-                return await thread.run(work)
+                return await thread.run(lambda conn: work(conn, waiting))
 
         try:
             yield run
@@ -375,10 +381,10 @@ class SQLiteStore(SqlStore):
         freed = 0
         while True:
             t0 = time.perf_counter()
-            step = await run_write(_vacuum_step)
+            step, more = await run_write(_vacuum_step)
             freed += step
             await pause_after(time.perf_counter() - t0)  # paced as the prune's chunks
-            if step < VACUUM_STEP:
+            if not more:
                 return freed
 
     async def _database_bytes(self) -> int | None:
@@ -394,21 +400,27 @@ class SQLiteStore(SqlStore):
 VACUUM_STEP = 100  # pages a prune gives back per write transaction (1.6 MB: a few ms)
 
 
-def _vacuum_step(conn: Connection) -> int:
+def _vacuum_step(conn: Connection, waiting: Waiting) -> tuple[int, bool]:
+    """Up to ``VACUUM_STEP`` free pages given back, fewer if ingest waits; (pages freed, any left)."""
     if conn.exec_driver_sql("PRAGMA auto_vacuum").scalar_one() != 2:  # 2 = INCREMENTAL
-        return 0
+        return 0, False
     before = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
     if not before:
-        return 0
+        return 0, False
     # SQLite frees one page per step of the statement, and Python's sqlite3 steps a statement that
     # returns no columns once per execute (fetchall does not step it again): one execute per page
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    stopped = False
     try:
         for _ in range(min(before, VACUUM_STEP)):
             cur.execute("PRAGMA incremental_vacuum")
+            if waiting():
+                stopped = True
+                break
     finally:
         cur.close()
-    return before - int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
+    freed = before - int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
+    return freed, freed > 0 and (stopped or freed >= VACUUM_STEP)
 
 
 def _file_size(path: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -200,3 +201,30 @@ async def test_finding_prunable_events_never_scans_the_state_table(tmp_path: Any
         conn.close()
     assert any(step.startswith("SEARCH state USING") for step in plan), plan
     assert not any(step.startswith("SCAN state") for step in plan), plan
+
+
+async def test_a_prune_gives_the_write_lock_to_ingest_within_a_chunk_and_still_removes_everything(
+        tmp_path: Any) -> None:
+    """On SQLite a chunk's transaction looks, every few rows, whether the group commit waits for the
+    write lock, and if so commits at once and lets it go first; the pass goes on from the row where
+    it stopped. With pushes arriving all the time, a 1,000-row chunk is cut into many transactions
+    (one before), and every prunable event is still removed in one pass."""
+    store = open_store(f"sqlite:///{tmp_path / 'yield.db'}")
+    await store.migrate()
+    await store.start()
+    try:
+        for i in range(0, 1000, 100):
+            await asyncio.gather(*(store.submit(Op(f"obj-{j % 100}", OLD)) for j in range(i, i + 100)))
+        transactions: list[int] = []
+        prune = asyncio.create_task(store.prune(CUTOFF, chunk=1000,
+                                                progress=lambda table, n: transactions.append(n)))
+        pushed = 0
+        while not prune.done() and pushed < 50_000:  # ingest goes on beside it, one push after another
+            await store.submit(Op(f"new-{pushed}", NOW))
+            pushed += 1
+        report = await prune
+        assert report.events == 900  # 10 events of each of 100 objects, each object's latest kept
+        assert len(await _seqs(store)) == 100 + pushed
+        assert len(transactions) > 5, transactions  # the one chunk went in several transactions
+    finally:
+        await store.close()
