@@ -3,8 +3,8 @@
     .venv/bin/python bench/commit_cost.py [--db sqlite|postgres] [--sizes 1,2,4,8,32,128] [--batches 200]
                                           [--rule]
 
-Builds location PUT operations exactly as the receiver does (``Ingestor``'s path resolution,
-validation and ``_PushOp``) and submits each batch's operations to the store at once (``submit``),
+Builds location PUT operations exactly as the receiver does (path resolution, then
+``Ingestor.prepare``: scope, validation, key) and submits each batch's operations to the store at once (``submit``),
 awaiting them before the next batch, so each batch is one group commit. The figures are
 the writer thread's, from the store's public commit hook (``relay.store.observe_commits``): no HTTP,
 no event-loop work besides the hand-offs. It prints, per batch size, the wall and CPU time per
@@ -31,32 +31,27 @@ _LOOP = asyncio.new_event_loop()  # the store (its engines, its writer) lives on
 
 
 def build_ops(config_path: Path, prefix: str, n: int) -> list[Any]:
-    import orjson
-
-    from relay.ingest import Ingestor, Push, Source, _PushOp
+    """``n`` location PUT operations, each prepared by the receiver's ``Ingestor.prepare``."""
+    from relay.ingest import Ingestor, Push, Source
     from relay.ocpi.paths import resolve
-    from relay.ocpi.validate import parse_datetime, validate_object
     from relay.routing.loader import load_config
-    from relay.store.base import StateKey
 
     cfg = load_config(config_path, {"BENCH_PUSH_TOKEN": PUSH_TOKEN, "BENCH_STREAM_TOKEN": "x",
                                     "BENCH_WEBHOOK_SECRET": "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB"})
     sub = cfg.subscription_for_token(PUSH_TOKEN)
     assert sub is not None
-    ingestor = Ingestor(None, lambda: cfg)  # type: ignore[arg-type]  # only used for its helpers
-    ops = []
-    for i in range(n):
-        oid = f"{prefix}{i}"
-        path = LOCATION_PATH + oid
-        body = location_body(oid)
-        addr = resolve("PUT", path)
-        push = Push(method="PUT", path=path, address=addr, body=body, source=Source.of(sub), request_id="r",
-                    received_at=datetime.now(UTC))
-        parsed = orjson.loads(body)
-        obj = validate_object("locations", addr.level, "PUT", parsed, ingestor._id_fields(addr))
-        key = StateKey("locations", "NL", "GFX", oid)
-        ops.append(_PushOp(ingestor, push, key, obj, parse_datetime(parsed["last_updated"], "last_updated"), cfg))
-    return ops
+    ingestor = Ingestor(None, lambda: cfg)  # type: ignore[arg-type]  # prepare() of a location PUT reads no store
+
+    async def prepare_all() -> list[Any]:
+        ops = []
+        for i in range(n):
+            path = LOCATION_PATH + f"{prefix}{i}"
+            push = Push(method="PUT", path=path, address=resolve("PUT", path), body=location_body(f"{prefix}{i}"),
+                        source=Source.of(sub), request_id="r", received_at=datetime.now(UTC))
+            ops.append(await ingestor.prepare(push))
+        return ops
+
+    return _LOOP.run_until_complete(prepare_all())
 
 
 def measure(store: Any, timings: list[Any], ops: list[Any], size: int) -> tuple[float, float, int]:

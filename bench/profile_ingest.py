@@ -102,7 +102,7 @@ INCLUSIVE = [
     ("uvicorn protocol (parse, send)", "uvicorn/protocols/http/", None),
     ("SqlStore._apply_batch (lock, read, plan, write)", "relay/store/sql.py", "_apply_batch"),
     ("  _read_states", "relay/store/sql.py", "_read_states"),
-    ("  _PushOp.plan (merge, route, hash, dumps)", "relay/ingest.py", "plan"),
+    ("  PushOperation.plan (merge, route, hash, dumps)", "relay/ingest.py", "plan"),
     ("  executemany (event, state, delivery)", "sqlalchemy/engine/default.py", "do_executemany"),
     ("COMMIT", "sqlalchemy/engine/default.py", "do_commit"),
     ("GroupCommitWriter._run (resolve futures)", "relay/store/writer.py", "_run"),

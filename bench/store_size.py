@@ -45,33 +45,26 @@ def bodies() -> dict[str, Any]:
     return {"bench location": location_body, "location_full": full_body}
 
 
-def build_ops(config_path: Path, make_body: Any, events: int, objects: int) -> tuple[list[Any], int]:
-    """The operations and the pushed bytes, in push order (version by version over the objects)."""
-    import orjson
-
-    from relay.ingest import Ingestor, Push, Source, _PushOp
+async def build_ops(config_path: Path, make_body: Any, events: int, objects: int) -> tuple[list[Any], int]:
+    """The operations and the pushed bytes, in push order (version by version over the objects),
+    each prepared by the receiver's ``Ingestor.prepare`` (a location PUT never reads the store)."""
+    from relay.ingest import Ingestor, Push, Source
     from relay.ocpi.paths import resolve
-    from relay.ocpi.validate import parse_datetime, validate_object
     from relay.routing.loader import load_config
-    from relay.store.base import StateKey
 
     cfg = load_config(config_path, {"BENCH_PUSH_TOKEN": PUSH_TOKEN})
     sub = cfg.subscription_for_token(PUSH_TOKEN)
     assert sub is not None
-    ingestor = Ingestor(None, lambda: cfg)  # type: ignore[arg-type]  # only used for its helpers
+    ingestor = Ingestor(None, lambda: cfg)  # type: ignore[arg-type]  # prepare() of a location PUT reads no store
     ops, pushed = [], 0
     for i in range(events):
         oid = f"size-{i % objects:05d}"
         body = make_body(oid, 1 + i // objects)
         pushed += len(body)
         path = LOCATION_PATH + oid
-        addr = resolve("PUT", path)
-        push = Push(method="PUT", path=path, address=addr, body=body, source=Source.of(sub), request_id=f"r-{i}",
-                    received_at=datetime.now(UTC))
-        parsed = orjson.loads(body)
-        obj = validate_object("locations", addr.level, "PUT", parsed, ingestor._id_fields(addr))
-        key = StateKey("locations", "NL", "GFX", oid)
-        ops.append(_PushOp(ingestor, push, key, obj, parse_datetime(parsed["last_updated"], "last_updated"), cfg))
+        push = Push(method="PUT", path=path, address=resolve("PUT", path), body=body, source=Source.of(sub),
+                    request_id=f"r-{i}", received_at=datetime.now(UTC))
+        ops.append(await ingestor.prepare(push))
     return ops, pushed
 
 
@@ -109,7 +102,7 @@ async def measure(db: Any, cfg: Path, make_body: Any, events: int, objects: int)
     from relay.store.migrate import upgrade_to_head
 
     await asyncio.to_thread(upgrade_to_head, async_url(db.url))
-    ops, pushed = build_ops(cfg, make_body, events, objects)
+    ops, pushed = await build_ops(cfg, make_body, events, objects)
     sqlite_file = Path(db.url.split(":///", 1)[1]) if db.url.startswith("sqlite") else None
     before = sqlite_sizes(sqlite_file) if sqlite_file else await pg_sizes(db.url)
     store = open_store(db.url)

@@ -172,6 +172,29 @@ class Ingestor:
             return await self._reject(push, OcpiError.bad_request(f"a value of this push cannot be stored: {exc}"))
 
     async def _handle(self, push: Push) -> Outcome:
+        op = await self.prepare(push)
+        plan = await self.store.submit(op)
+        outcome: Outcome = plan.result
+        if plan.seq is not None:  # (dataclasses.replace costs several times this)
+            outcome = Outcome(outcome.http_status, outcome.status_code, outcome.message, outcome.status, plan.seq,
+                              outcome.key, outcome.cdr_id)
+        module = push.address.module
+        if outcome.status == "rejected":
+            metrics.REJECTED.labels(module, str(outcome.http_status)).inc()
+        else:
+            metrics.labelled(metrics.EVENTS, module, outcome.status, push.origin).inc()
+            if push.origin == "push" and push.source.name is not None:  # silence: time() - this
+                metrics.labelled(metrics.LAST_PUSH, push.source.name, module).set(time.time())
+            if outcome.status == merge.UNMATCHED:
+                metrics.UNMATCHED.labels(module).inc()
+                logger.warning("unmatched push kept", extra={"ocpi_module": module, "object_id": op.key.object_id,
+                                                              "evse_uid": push.address.evse_uid, "seq": plan.seq})
+        return outcome
+
+    async def prepare(self, push: Push) -> PushOperation:
+        """Everything a push needs before its commit: scope, path ids, parsing, validation, the CPO
+        of a 2.1.1 object, the state key (a CDR's is looked up). Raises ``OcpiError`` for bad input;
+        the operation it returns is what ``Store.submit`` commits (``handle`` does both)."""
         addr, src = push.address, push.source
         if addr.module not in src.modules:
             raise OcpiError.forbidden(f"module {addr.module} is not allowed for subscription {src.name}")
@@ -208,23 +231,7 @@ class Ingestor:
             raise OcpiError.invalid("last_updated", _future(raw_lu, self.clock_skew))
         if addr.module == "locations" and push.method != "DELETE":
             _check_nested_times(normalised, addr.level, horizon, self.clock_skew)
-        op = _PushOp(self, push, key, normalised, lu, self.config())
-        plan = await self.store.submit(op)
-        outcome: Outcome = plan.result
-        if plan.seq is not None:  # (dataclasses.replace costs several times this)
-            outcome = Outcome(outcome.http_status, outcome.status_code, outcome.message, outcome.status, plan.seq,
-                              outcome.key, outcome.cdr_id)
-        if outcome.status == "rejected":
-            metrics.REJECTED.labels(addr.module, str(outcome.http_status)).inc()
-        else:
-            metrics.labelled(metrics.EVENTS, addr.module, outcome.status, push.origin).inc()
-            if push.origin == "push" and push.source.name is not None:  # silence: time() - this
-                metrics.labelled(metrics.LAST_PUSH, push.source.name, addr.module).set(time.time())
-            if outcome.status == merge.UNMATCHED:
-                metrics.UNMATCHED.labels(addr.module).inc()
-                logger.warning("unmatched push kept", extra={"ocpi_module": addr.module, "object_id": object_id,
-                                                              "evse_uid": addr.evse_uid, "seq": plan.seq})
-        return outcome
+        return PushOperation(self, push, key, normalised, lu, self.config())
 
     @staticmethod
     def _check_cpo(src: Source, cc: str | None, party: str | None) -> None:
@@ -407,7 +414,7 @@ class _RejectOp:
         return Plan(rejected=self.row, result=self.outcome)
 
 
-class _PushOp:
+class PushOperation:
     """Decides one push against the current state inside the group commit (under the append lock)."""
 
     def __init__(self, ing: Ingestor, push: Push, key: StateKey, obj: dict[str, Any], lu: datetime | None,
