@@ -168,6 +168,13 @@ def json_hash(text_value: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+DECODE_ON_LOOP = 32  # events a read decodes on the event loop; more go to a worker thread
+
+
+def _event_records(rows: Sequence[Row[Any]]) -> list[EventRecord]:
+    return [event_record(r) for r in rows]
+
+
 def _state(row: Row[Any]) -> StoredState:
     m = row._mapping
     return StoredState(
@@ -550,7 +557,12 @@ class SqlStore(Store):
             if flt.subscriptions is not None:
                 stmt = stmt.where(EVENT.c.subscription.in_(sorted(flt.subscriptions)))
         stmt = stmt.order_by(EVENT.c.seq).limit(limit)
-        return [event_record(r) for r in await self._fetch(stmt)]
+        rows = await self._fetch(stmt)
+        if len(rows) <= DECODE_ON_LOOP:
+            return [event_record(r) for r in rows]
+        # Decoding a stream page (500 location events: ~8 ms of zstd and parsing) on a worker
+        # thread: the loop goes on answering pushes meanwhile (the GIL switches every ms).
+        return await asyncio.to_thread(_event_records, rows)
 
     async def max_seq(self) -> int:
         rows = await self._fetch(select(func.coalesce(func.max(EVENT.c.seq), 0)))

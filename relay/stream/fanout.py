@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 500
 CACHED_EVENTS = 2000  # events kept in shared pages (about 3 KB each as messages)
 CACHED_PAGES = 64  # pages kept, however small (a filtered subscriber at the head reads many short ones)
+CONVERT_ON_LOOP = 32  # events of a page converted on the event loop; more on a worker thread
 POLL_INTERVAL = 1.0  # how often the hub asks the database when no commit woke it (other processes)
 MAX_IDLE_WAIT = 5.0  # a subscriber re-checks its filter (config reloads) at least this often
 
@@ -163,8 +164,14 @@ class Hub(Generic[T]):
         through = records[-1].seq if records else after_seq
         if not full:
             through = max(through, head)
+        if len(records) <= CONVERT_ON_LOOP:
+            return Page(self._convert_all(records), through, full)
+        # a catching-up page (500 events: ~6 ms) is converted on a worker thread, off the loop
+        return Page(await asyncio.to_thread(self._convert_all, records), through, full)
+
+    def _convert_all(self, records: list[EventRecord]) -> list[T]:
         convert = self.convert
-        return Page([convert(r) for r in records], through, full)
+        return [convert(r) for r in records]
 
     def _account(self, task: asyncio.Task[Page[T]]) -> None:
         if task.cancelled() or task.exception() is not None:
