@@ -175,6 +175,10 @@ def _event_records(rows: Sequence[Row[Any]]) -> list[EventRecord]:
     return [event_record(r) for r in rows]
 
 
+def _states(rows: Sequence[Row[Any]]) -> list[StoredState]:
+    return [_state(r) for r in rows]
+
+
 def _state(row: Row[Any]) -> StoredState:
     m = row._mapping
     return StoredState(
@@ -537,7 +541,10 @@ class SqlStore(Store):
         if after is not None:
             stmt = stmt.where(tuple_(STATE.c.country_code, STATE.c.party_id, STATE.c.object_id) > after)
         stmt = stmt.order_by(STATE.c.country_code, STATE.c.party_id, STATE.c.object_id).limit(limit)
-        return [_state(r) for r in await self._fetch(stmt)]
+        rows = await self._fetch(stmt)
+        if len(rows) <= DECODE_ON_LOOP:
+            return [_state(r) for r in rows]
+        return await asyncio.to_thread(_states, rows)  # a page of up to 1,001 objects: off the loop
 
     async def read_events(
         self, after_seq: int, limit: int, flt: EventFilter | None = None, *, applied_only: bool = True

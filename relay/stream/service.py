@@ -7,6 +7,7 @@ retry from their cursor. Streaming itself (catch-up, live, memory bound) lives i
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -40,7 +41,7 @@ from relay.routing.model import (
 from relay.store.base import EventFilter, EventRecord, StateKey, Store, StoredState
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
-from relay.stream.fanout import Hub, follow
+from relay.stream.fanout import CONVERT_ON_LOOP, Hub, follow
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,20 @@ def to_event(r: EventRecord) -> pb.Event:
         received_at=_timestamp(r.received_at), body=body, object=obj, origin=r.origin, request_id=r.request_id,
         truncated=truncated, subscription=r.subscription or "",
     )
+
+
+def _objects_page(states: list[StoredState], size: int) -> list[pb.Object]:
+    """The first ``size`` states as messages; a page of large objects ends early, so that it stays
+    readable by a default client (MESSAGE_BUDGET)."""
+    objects: list[pb.Object] = []
+    budget = MESSAGE_BUDGET
+    for state in states[:size]:
+        obj = to_object(state)
+        budget -= len(obj.object) + 256
+        if objects and budget < 0:
+            break
+        objects.append(obj)
+    return objects
 
 
 def to_object(st: StoredState) -> pb.Object:
@@ -488,14 +503,10 @@ class RelayService(pb_grpc.RelayServicer):
             [(p.country_code, p.party_id) for p in cpos]
         # One more than asked tells whether another page exists without a count query.
         states = await self.store.list_states(module, patterns, after, size + 1)
-        objects: list[pb.Object] = []
-        budget = MESSAGE_BUDGET
-        for state in states[:size]:
-            obj = to_object(state)
-            budget -= len(obj.object) + 256
-            if objects and budget < 0:
-                break  # a page of large objects ends early: it stays readable by a default client
-            objects.append(obj)
+        if len(states) <= CONVERT_ON_LOOP:
+            objects = _objects_page(states, size)
+        else:  # up to 1,000 objects: converted off the loop that answers pushes
+            objects = await asyncio.to_thread(_objects_page, states, size)
         token = ""
         if len(states) > len(objects):
             last = states[len(objects) - 1].key
