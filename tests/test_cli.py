@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import relay_cli, relay_cli_async
 from tests.conftest import GFX_TOKEN, LIMITED_TOKEN, LOC_ID, RelayHandle, eventually, example
 
 COMMANDS = [
     [], ["serve"], ["migrate"], ["check-config"], ["status"], ["rejected"], ["rejected", "list"],
     ["rejected", "show"], ["rejected", "replay"],
 ]
-
-
-def relay_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True, text=True, env=full_env,
-                          cwd=cwd, timeout=120, check=False)
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[" ".join(c) or "relay" for c in COMMANDS])
@@ -84,21 +79,21 @@ async def test_rejected_list_show_replay_against_a_running_relay(
     assert ans.status == 403
     env = {"RELAY_DATABASE_URL": relay.settings.database_url, "RELAY_CONFIG": str(config_path),
            "TEST_TOKEN_GFX": GFX_TOKEN, "TEST_TOKEN_LIMITED": LIMITED_TOKEN}
-    listed = relay_cli("rejected", "list", "--json", env=env)
+    listed = await relay_cli_async("rejected", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     [entry] = json.loads(listed.stdout)
     assert set(entry) == {"id", "received_at", "subscription", "method", "path", "module", "http_status",
                           "status_code", "reason", "replayed_at"}
     assert entry["http_status"] == 403 and entry["replayed_at"] is None and "DE*XYZ" in entry["reason"]
-    shown = json.loads(relay_cli("rejected", "show", str(entry["id"]), env=env).stdout)
+    shown = json.loads((await relay_cli_async("rejected", "show", str(entry["id"]), env=env)).stdout)
     assert shown["body"]["id"] == LOC_ID
     # replay before fixing the subscription: refused again, record kept with the reason
-    again = relay_cli("rejected", "replay", str(entry["id"]), env=env)
+    again = await relay_cli_async("rejected", "replay", str(entry["id"]), env=env)
     assert again.returncode == 1
     # fix the subscription, replay while the relay runs: it becomes an event with origin replay
     text = config_path.read_text()  # noqa: ASYNC240 - a tiny file in a test
     config_path.write_text(text.replace('cpos: ["NL*GFX"]', 'cpos: ["NL*GFX", "DE*XYZ"]'))  # noqa: ASYNC240
-    done = relay_cli("rejected", "replay", "--all", "--json", env=env)
+    done = await relay_cli_async("rejected", "replay", "--all", "--json", env=env)
     assert done.returncode == 0, done.stderr + done.stdout
     assert json.loads(done.stdout)[0]["ok"] is True
     events = await relay.store.read_events(0, 10)
@@ -108,7 +103,7 @@ async def test_rejected_list_show_replay_against_a_running_relay(
         return (await relay.get(f"/locations/DE/XYZ/{LOC_ID}")).status == 200
 
     await eventually(visible)
-    listed = json.loads(relay_cli("rejected", "list", "--json", env=env).stdout)
+    listed = json.loads((await relay_cli_async("rejected", "list", "--json", env=env)).stdout)
     assert listed[0]["replayed_at"] is not None
 
 

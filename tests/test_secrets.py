@@ -14,9 +14,7 @@ import base64
 import inspect
 import json
 import logging
-import os
 import string
-import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +29,7 @@ from relay.routing.tokens import TokenTable
 from relay.settings import Settings
 from relay.stream._pb import relay_pb2 as pb
 from relay.stream._pb import relay_pb2_grpc as pb_grpc
+from tests.commands import relay_cli_async
 from tests.conftest import LOC_ID, SESSION_ID, RelayHandle, eventually, example, spawn_relay
 from tests.servers import PartnerSink
 
@@ -165,13 +164,8 @@ def _forwarded_text(sink: PartnerSink, *, except_authorization: bool) -> str:
 
 
 async def run_check_config(config_path: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "check-config", str(config_path), "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(REPO), env=dict(os.environ),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    res = await relay_cli_async("check-config", str(config_path), "--json", cwd=REPO, timeout=60)
+    return res.returncode, res.stdout, res.stderr
 
 
 # -- tests -----------------------------------------------------------------------------------------

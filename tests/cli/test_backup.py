@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import sqlite3
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.commands import relay_cli_async
 from tests.conftest import eventually, process_config, process_env, put_location_acked, spawn_relay
 from tests.servers import PartnerSink
 
@@ -33,12 +33,8 @@ async def _push(url: str, prefix: str, acked: set[str], *, count: int | None = N
 
 
 async def _relay_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", *args, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    res = await relay_cli_async(*args, env=env)
+    return res.returncode, res.stdout, res.stderr
 
 
 async def test_backup_during_load_restores_every_acknowledged_event(tmp_path: Path, partner_sink: PartnerSink) -> None:

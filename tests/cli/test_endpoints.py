@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
+
+from tests.commands import relay_cli
 
 
 def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "relay", "endpoints", *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **env})
+    return relay_cli("endpoints", *args, env=env)
 
 
 def test_endpoints_prints_one_url_per_module_under_the_base_path() -> None:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 from relay.cli.main import build_parser
 from relay.cli.options import settings_from_args
 from relay.settings import Settings
+from tests.commands import relay_cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FIELDS = [f.name for f in dataclasses.fields(Settings)]
@@ -36,8 +34,9 @@ def test_every_setting_is_in_the_readme_table() -> None:
 
 
 def test_help_shows_each_flag_with_its_env_name_and_real_default() -> None:
-    out = subprocess.run([sys.executable, "-m", "relay", "serve", "--help"], capture_output=True, text=True,
-                         check=True, env={**os.environ, "COLUMNS": "400"}).stdout
+    res = relay_cli("serve", "--help", env={"COLUMNS": "400"})
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
     assert "(default: None)" not in out and "default None" not in out
     assert "--http-port N" in out and "(env RELAY_HTTP_PORT; default 8080)" in out
     assert "(env RELAY_WRITE_QUEUE_TIMEOUT; default 5.0)" in out

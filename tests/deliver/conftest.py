@@ -7,11 +7,8 @@ tests/conftest.py). A test picks its forwarding.yaml with ``@pytest.mark.forward
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
 import string
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 
 from relay.settings import Settings
 from relay.store.outbox import DeliveryRecord
+from tests.commands import relay_cli_async
 from tests.conftest import SESSION_ID, RelayHandle, example
 from tests.servers import PartnerSink
 
@@ -88,13 +86,9 @@ async def rows(relay: RelayHandle, state: str | None = None, target: str | None 
 
 async def run_cli(*args: str, settings: Settings) -> tuple[int, str, str]:
     """Run `relay ...` as a separate process against the test database and config."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", *args, "--database-url", settings.database_url, "--config", settings.config,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(REPO), env=dict(os.environ),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    res = await relay_cli_async(*args, "--database-url", settings.database_url, "--config", settings.config,
+                                cwd=REPO, timeout=60)
+    return res.returncode, res.stdout, res.stderr
 
 
 def session_path(session_id: str = SESSION_ID) -> str:

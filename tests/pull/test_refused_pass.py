@@ -4,14 +4,12 @@ source that invites it (no default_cpo for OCPI 2.1.1 objects, which carry no pa
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from relay.metrics import REGISTRY
+from tests.commands import relay_cli_async
 from tests.conftest import RelayHandle
 from tests.pull.conftest import PULL_TOKEN, SOURCE, FakeSender, Puller, at, location
 from tests.pull.test_schedule_and_cli import _migrated, _relay_pull
@@ -81,13 +79,9 @@ async def test_a_pass_refusing_everything_counts_as_a_failed_pass(
 
 
 async def test_check_config_warns_about_a_pull_source_without_default_cpo(config_path: Path) -> None:
-    env = {**os.environ, "TEST_PULL_TOKEN": PULL_TOKEN}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "check-config", str(config_path), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err
-    assert b": ok (" in out
-    warning = err.decode()
+    res = await relay_cli_async("check-config", str(config_path), env={"TEST_PULL_TOKEN": PULL_TOKEN}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert ": ok (" in res.stdout
+    warning = res.stderr
     assert "warning: pull source" in warning and SOURCE in warning and "default_cpo" in warning
     assert PULL_TOKEN not in warning

@@ -15,6 +15,7 @@ from relay.routing.holder import ConfigHolder
 from relay.settings import Settings
 from relay.store import open_store
 from relay.store.base import StateKey
+from tests.commands import relay_cli_async
 from tests.conftest import eventually, start_relay, stop_relay
 from tests.pull.conftest import PULL_TOKEN, SOURCE, FakeSender, at, location
 
@@ -65,13 +66,8 @@ async def test_relay_serve_pulls_promptly_from_the_stored_position_after_a_resta
 async def _relay_pull(database_url: str, config_path: Path, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(config_path),
            "TEST_PULL_TOKEN": PULL_TOKEN}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay", "pull", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    res = await relay_cli_async("pull", *args, env=env)
+    return res.returncode, res.stdout, res.stderr
 
 
 async def test_relay_pull_once_shows_progress_and_prints_a_summary_per_module(

@@ -4,15 +4,13 @@ checked with file:line; the holder notices a changed secret file."""
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from relay.routing.holder import ConfigHolder
 from relay.routing.loader import check_config, load_config
 from relay.routing.rules import route
+from tests.commands import relay_cli
 
 WHSEC_OLD = "whsec_" + base64.b64encode(b"old-webhook-secret-0123456789ab").decode()
 WHSEC_NEW = "whsec_" + base64.b64encode(b"new-webhook-secret-0123456789ab").decode()
@@ -90,8 +88,7 @@ def test_relay_check_config_names_a_missing_secret_file(tmp_path: Path) -> None:
             token_file: [present, missing/greenflux_token]
             cpos: ["NL*GFX"]
     """)
-    res = subprocess.run([sys.executable, "-m", "relay", "check-config", str(path)], capture_output=True, text=True,
-                         timeout=60, env={**os.environ})
+    res = relay_cli("check-config", str(path))
     assert res.returncode == 1
     assert f"{path}:4: subscriptions[0] (greenflux).token_file: cannot read secret file missing/greenflux_token: " \
            "No such file or directory" in res.stderr
