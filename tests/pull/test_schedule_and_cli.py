@@ -64,8 +64,7 @@ async def test_relay_serve_pulls_promptly_from_the_stored_position_after_a_resta
 
 
 async def _relay_pull(database_url: str, config_path: Path, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(config_path),
-           "TEST_PULL_TOKEN": PULL_TOKEN}
+    env = {"RELAY_DATABASE_URL": database_url, "RELAY_CONFIG": str(config_path), "TEST_PULL_TOKEN": PULL_TOKEN}
     res = await relay_cli_async("pull", *args, env=env)
     return res.returncode, res.stdout, res.stderr
 
